@@ -1,0 +1,1 @@
+"""AG News data: sources (hub, CSV folder), splits, tokenization cache, batching."""

@@ -1,0 +1,157 @@
+"""Datasets over cached token ids, dynamic padding, and length-grouped batch sampling."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from agnews.data.tokenization import TokenizedTexts
+
+
+class TokenizedDataset(Dataset):
+    """Item ``i`` is ``{"index": i, "input_ids": ..., "labels": ...}``; ``index`` maps predictions back to example ids."""
+
+    def __init__(self, tokenized: TokenizedTexts, labels: list[int]):
+        if len(tokenized) != len(labels):
+            raise ValueError("tokenized texts and labels differ in length")
+        self.tokenized = tokenized
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index, "input_ids": self.tokenized[index], "labels": self.labels[index]}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.tokenized.lengths
+
+
+class DynamicPaddingCollator:
+    """Pad each batch to its own longest sequence (optionally to a multiple, for tensor cores).
+
+    ``padding_side="left"`` is what XLNet needs (its classifier reads the last position). ``global_attention_first_token``
+    adds Longformer's ``global_attention_mask`` on the first token (<s>/[CLS]), as its classification head expects.
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_side: str = "right",
+        pad_to_multiple_of: int | None = None,
+        global_attention_first_token: bool = False,
+    ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.global_attention_first_token = global_attention_first_token
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(item["input_ids"]) for item in items)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, item in enumerate(items):
+            ids = torch.as_tensor(np.asarray(item["input_ids"], dtype=np.int64))
+            span = slice(longest - len(ids), longest) if self.padding_side == "left" else slice(0, len(ids))
+            input_ids[row, span] = ids
+            attention_mask[row, span] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": torch.tensor([item["labels"] for item in items], dtype=torch.long),
+            "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+        }
+        if self.global_attention_first_token:
+            first = attention_mask.argmax(dim=1)  # position of the first real token on either padding side
+            global_mask = torch.zeros_like(attention_mask)
+            global_mask[torch.arange(len(items)), first] = 1
+            batch["global_attention_mask"] = global_mask
+        return batch
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar length: less padding, same randomness as plain shuffling across epochs.
+
+    Indices are shuffled, cut into mega-batches of ``mega_batch_factor * batch_size``, each sorted by length and
+    chunked into batches; the batch order is shuffled again. The permutation depends only on ``seed + epoch`` (Lightning
+    calls :meth:`set_epoch`), so a run resumed at an epoch boundary sees exactly the data order of an uninterrupted one.
+    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch (all ranks get the same batch count).
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        mega_batch_factor: int = 50,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega_batch_factor = mega_batch_factor
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        count = len(self.lengths)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(count) if self.shuffle else np.arange(count)
+        if self.group_by_length:
+            mega = self.batch_size * self.mega_batch_factor
+            chunks = [order[i : i + mega] for i in range(0, count, mega)]
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, count, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle and self.group_by_length:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
+        if self.num_replicas > 1:
+            batches = batches[self.rank : per_rank * self.num_replicas : self.num_replicas]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        count = len(self.lengths)
+        full = count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+        return full // self.num_replicas if self.num_replicas > 1 else full
+
+
+class SortedEvalBatchSampler(Sampler[list[int]]):
+    """Evaluation batches in descending length order: minimal padding; results are mapped back through ``index``."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int):
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        self.batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

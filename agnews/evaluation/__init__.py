@@ -1,0 +1,1 @@
+"""Evaluation: metrics from per-example probabilities (later: calibration, significance, robustness)."""

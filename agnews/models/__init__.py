@@ -1,0 +1,1 @@
+"""Model factory: Hugging Face sequence classifiers from the hub, a local path, a package, or a tiny random config."""

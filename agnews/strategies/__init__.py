@@ -1,0 +1,1 @@
+"""Training strategies: LightningModules sharing one base (:mod:`agnews.strategies.base`)."""
