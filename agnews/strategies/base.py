@@ -31,7 +31,9 @@ class ClassificationModule(L.LightningModule):
         seed: int = 42,
     ):
         super().__init__()
-        self.model = model
+        # from_pretrained returns a model in eval mode, and Lightning keeps submodule modes as it finds them:
+        # without this, dropout would silently stay off during training.
+        self.model = model.train()
         self.label_names = list(label_names)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -63,10 +65,11 @@ class ClassificationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].numel())
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # Dropout draws from the global RNG, which Lightning checkpoints do not store. Reseeding per epoch makes a run
-        # resumed from an epoch-boundary checkpoint draw exactly what the uninterrupted run drew.
-        torch.manual_seed(self.seed + self.current_epoch)
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Dropout draws from the global RNG, which Lightning checkpoints do not store, and loader start-up consumes it
+        # in a different order after a resume. Seeding per batch from (seed, epoch, batch) makes a resumed run draw
+        # exactly what the uninterrupted run drew.
+        torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

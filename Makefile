@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:
+#   make quickstart   create .venv, install, train MiniLM on AG News offline (<= 10 min on 2 CPU cores)
+#   make test         create .venv, install, run the test suite (slow tests excluded: make test-slow)
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch 2.13.0 is what this project is developed against; a newer, unpinned torch
+# would pull a multi-GB CUDA build. On a GPU machine: make TORCH_SPEC="torch==2.13.0" (CUDA wheel from PyPI).
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
+
+.PHONY: install quickstart train test test-slow test-all bench-startup bench-throughput bench-quickstart clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.3"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+quickstart: install
+	$(BIN)/python -m agnews.train experiment=quickstart
+
+# make train ARGS="model=roberta trainer.max_epochs=3"
+train: install
+	$(BIN)/python -m agnews.train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-startup: install
+	$(BIN)/python experiments/startup/measure_cli_startup.py
+
+bench-quickstart: install
+	$(BIN)/python experiments/quickstart/measure_quickstart.py
+
+bench-throughput: install
+	$(BIN)/python experiments/throughput/hf_trainer_vs_agnews.py
+
+clean:
+	rm -rf $(VENV) .cache outputs .pytest_cache
