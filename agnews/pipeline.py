@@ -34,6 +34,10 @@ def train(cfg: DictConfig) -> dict:
     """Run one training job; returns the metrics dictionary written to ``metrics.json``."""
     import lightning as L
 
+    # Lightning installs its own console handler; under Hydra (which configures the root logger: console + run log
+    # file) that prints every Lightning message twice. Let its records flow to the root handlers only.
+    logging.getLogger("lightning.pytorch").handlers.clear()
+
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -53,6 +57,11 @@ def train(cfg: DictConfig) -> dict:
 
     label_names = list(cfg.data.label_names)
     bundle = instantiate(cfg.model, label_names=label_names)
+    model_limit = getattr(bundle.tokenizer, "model_max_length", None)
+    if model_limit and model_limit < 1_000_000 and cfg.data.max_length > model_limit:
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} exceeds what {bundle.source} accepts ({model_limit} tokens)"
+        )
     datamodule = instantiate(
         cfg.data, tokenizer=bundle.tokenizer, global_attention_first_token=bundle.global_attention_first_token
     )

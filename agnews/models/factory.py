@@ -27,8 +27,8 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-# Any one of these lets a tokenizer load (fast tokenizer.json, WordPiece, BPE, SentencePiece). Without them, transformers
-# 5 silently builds an empty five-token tokenizer that maps every word to [UNK].
+# Any one of these lets a tokenizer load (fast tokenizer.json, WordPiece, BPE, SentencePiece). Without them,
+# transformers 5 silently builds an empty five-token tokenizer that maps every word to [UNK].
 TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
@@ -140,7 +140,7 @@ def in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return False
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
     except ValueError:  # not a valid repo id
         return False
 
@@ -202,7 +202,9 @@ def load_classifier(
             config = AutoConfig.for_model(tiny_config["model_type"], **settings)
             model = AutoModelForSequenceClassification.from_config(config)
         except (ValueError, TypeError, KeyError, AssertionError) as exc:
-            raise ModelLoadError(f"model={family} tiny_config is invalid for {tiny_config['model_type']}: {exc}") from exc
+            raise ModelLoadError(
+                f"model={family}: tiny_config is invalid for {tiny_config['model_type']}: {exc}"
+            ) from exc
         source = f"tiny:{tiny_config['model_type']}"
     else:
         location = resolve_pretrained(pretrained)
