@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -11,7 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from agnews import artifacts
+from agnews.distributed import FitProgress, GatherPredictions, ShardedEvalBatchSampler, collect
 from agnews.errors import ConfigError
+from agnews.tracking.wandb_logger import finish_loggers, log_evaluation, wandb_loggers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ def train(cfg: DictConfig) -> dict:
     logging.getLogger("lightning.pytorch").handlers.clear()
 
     timings: dict[str, float] = {}
+    started_at = datetime.now(timezone.utc).isoformat()
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -77,29 +81,125 @@ def train(cfg: DictConfig) -> dict:
         logger=_instantiate_group(cfg.get("logger")) or False,
         default_root_dir=str(output_dir),
     )
+    failed = True
+    try:
+        metrics = _fit_evaluate_write(
+            cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at
+        )
+        failed = False
+    finally:
+        # One W&B run per job: a multirun's next job in this process must not attach to this job's run.
+        finish_loggers(trainer.loggers, failed=failed)
+    return metrics
+
+
+def _adopt_csv_header(logger) -> None:
+    """After a spawning strategy, this process's CSV logger never saw the columns its worker copy wrote: adopt the
+    file's header so the final metrics row is appended to (not clashing with) the training rows."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    if not isinstance(logger, CSVLogger):
+        return
+    path = Path(logger.experiment.metrics_file_path)
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    known = logger.experiment.metrics_keys
+    logger.experiment.metrics_keys = header + [key for key in known if key not in header]
+
+
+def _last_checkpoint(checkpoint) -> str | None:
+    """``last.ckpt``'s path; spawned workers do not hand ``last_model_path`` back, so fall back to the file itself."""
+    if checkpoint is None:
+        return None
+    if getattr(checkpoint, "last_model_path", None):
+        return checkpoint.last_model_path
+    if getattr(checkpoint, "save_last", False) and checkpoint.dirpath:
+        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        return str(path) if path.is_file() else None
+    return None
+
+
+def _is_sharded(trainer) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
+def _predict_splits(
+    trainer, module, datamodule, splits: list[str], output_dir: Path, ckpt_path: str | None = None
+) -> dict[str, dict]:
+    """Score ``splits`` with the model in ``module``: every example exactly once, whatever the strategy.
+
+    Examples are sharded across ranks and gathered (:mod:`agnews.distributed`); one ``trainer.predict`` call covers all
+    splits (spawning strategies start their worker processes once).
+    """
+    from torch.utils.data import DataLoader
+
+    loaders = [
+        DataLoader(
+            datamodule.datasets[split],
+            batch_sampler=ShardedEvalBatchSampler(datamodule.datasets[split].lengths, datamodule.eval_batch_size),
+            collate_fn=datamodule.collator,
+            num_workers=datamodule.num_workers,
+        )
+        for split in splits
+    ]
+    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+
+    # Spawned workers cannot return predictions to this process: rank 0 hands them over in a file instead.
+    spawns = isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+    gatherer = GatherPredictions(spill_path=output_dir / ".predictions.pt" if spawns else None)
+    trainer.callbacks.append(gatherer)
+    try:
+        trainer.predict(module, dataloaders=loaders, return_predictions=False, ckpt_path=ckpt_path)
+    finally:
+        trainer.callbacks.remove(gatherer)
+    results = collect(gatherer)
+    for split, result in zip(splits, results, strict=True):
+        expected = len(datamodule.datasets[split])
+        if result["index"].tolist() != list(range(expected)):
+            raise RuntimeError(f"prediction on {split} covered {len(result['index'])} of {expected} examples")
+    return dict(zip(splits, results))
+
+
+def _fit_evaluate_write(
+    cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at: str
+) -> dict:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    trainer.callbacks.append(FitProgress())
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # Under spawning strategies this process's trainer never ran the loop: FitProgress sends the counters back.
+    global_step, epochs = FitProgress.read(trainer)
     lap("fit")
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    if best_path:
+    # FSDP leaves the module's layers wrapped and sharded: Lightning loads the checkpoint for prediction, and the export
+    # reads the full state dict (state_dict_type: full) into a fresh, unwrapped model.
+    sharded = _is_sharded(trainer)
+    if best_path and not sharded:
         # Evaluate and export the best checkpoint, not whatever the last step left in memory.
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     metrics: dict = {"best_checkpoint": best_path, "monitor": checkpoint.monitor if checkpoint else None}
-    for split in cfg.evaluate.splits:
-        outputs = trainer.predict(module, dataloaders=datamodule.eval_dataloader(split))
-        index = torch.cat([o["index"] for o in outputs])
-        order = torch.argsort(index)  # eval batches are length-sorted: restore split order
-        probs = torch.cat([o["probs"] for o in outputs])[order]
-        labels = torch.cat([o["labels"] for o in outputs])[order]
-        from agnews.evaluation.metrics import classification_report
+    from agnews.evaluation.metrics import classification_report
 
+    splits = list(cfg.evaluate.splits)
+    predictions = (
+        _predict_splits(trainer, module, datamodule, splits, output_dir, ckpt_path=best_path if sharded else None)
+        if splits
+        else {}
+    )
+    for split, result in predictions.items():
+        probs, labels = result["probs"], result["labels"]
         metrics[split] = classification_report(probs, labels, label_names)
         if trainer.is_global_zero:
             artifacts.write_predictions(
@@ -114,14 +214,29 @@ def train(cfg: DictConfig) -> dict:
 
     if trainer.is_global_zero:
         for logger in trainer.loggers:
+            _adopt_csv_header(logger)
             logger.log_metrics(
                 {f"{split}/final_{key}": metrics[split][key] for split in cfg.evaluate.splits for key in ("accuracy", "f1_macro")},
-                step=trainer.global_step,
+                step=global_step,
             )
             logger.save()
+        model_dir = None
         if cfg.evaluate.export_model:
-            artifacts.export_model(bundle, output_dir, cfg.data.max_length)
+            if sharded:
+                bundle = instantiate(cfg.model, label_names=label_names)
+                if best_path:
+                    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+                    bundle.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+            model_dir = artifacts.export_model(bundle, output_dir, cfg.data.max_length)
         lap("export")
+        for logger in wandb_loggers(trainer.loggers):
+            log_evaluation(
+                logger,
+                metrics,
+                label_names,
+                {s: (r["labels"].tolist(), r["probs"].argmax(dim=-1).tolist()) for s, r in predictions.items()},
+                model_dir=model_dir,
+            )
         artifacts.write_json(output_dir / artifacts.METRICS_FILE, metrics)
         artifacts.write_json(
             output_dir / artifacts.MANIFEST_FILE,
@@ -139,11 +254,14 @@ def train(cfg: DictConfig) -> dict:
                     "model": artifacts.MODEL_DIR if cfg.evaluate.export_model else None,
                     "predictions": {s: f"{artifacts.PREDICTIONS_DIR}/{s}.csv" for s in cfg.evaluate.splits},
                     "best_checkpoint": best_path,
-                    "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+                    "last_checkpoint": _last_checkpoint(checkpoint),
                 },
-                "global_step": trainer.global_step,
-                "epochs": trainer.current_epoch,
+                "global_step": global_step,
+                "epochs": epochs,
                 "timings_s": timings,
+                # Wall-clock bounds of the job (UTC): shows which jobs of a parallel multirun overlapped.
+                "started_at": started_at,
+                "finished_at": datetime.now(timezone.utc).isoformat(),
                 "environment": artifacts.environment(),
             },
         )
