@@ -29,9 +29,12 @@ def run_once(seed: int, overrides: list[str], workdir: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(workdir / f"cache-seed{seed}")}
     command = [sys.executable, "-m", "agnews.train", "experiment=quickstart", f"seed={seed}",
                f"hydra.run.dir={run_dir}", *overrides]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    # A 1-minute load average well above 2 after the run means something else shared the 2 cores.
+    load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
     if result.returncode != 0:
         raise SystemExit(f"quickstart failed (seed {seed}):\n{result.stderr[-4000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -45,6 +48,7 @@ def run_once(seed: int, overrides: list[str], workdir: Path) -> dict:
         "test_examples": metrics["test"]["num_examples"],
         "train_rows": manifest["data"]["sizes"]["train"],
         "phases_s": manifest["timings_s"],
+        "load_avg_1min": load,
         "command": " ".join(["python -m agnews.train experiment=quickstart", f"seed={seed}", *overrides]),
     }
 
@@ -79,10 +83,11 @@ def main() -> None:
     lines = ["# Quickstart measurements", "", "Targets: wall <= 600 s (2 CPU cores, no GPU, no hub), test accuracy >= 90.0 %.", ""]
     for run in previous["runs"]:
         m = run["meta"]
-        lines += [f"## {m['date']}", "", f"- Command: `{m['command']}`", f"- Hardware: {m['cpu']}, {m['cores']} cores, no GPU", "",
-                  "| seed | wall s | test acc | test macro-F1 | val acc | train rows | phases (s) |", "|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [f"## {m['date']}", "", f"- Command: `{m['command']}`", f"- Hardware: {m['cpu']}, {m['cores']} cores, no GPU",
+                  *([f"- Note: {m['note']}"] if m.get("note") else []), "",
+                  "| seed | wall s | test acc | test macro-F1 | val acc | train rows | phases (s) | load avg (1 min) before -> after |", "|---:|---:|---:|---:|---:|---:|---|---|"]
         lines += [f"| {r['seed']} | {r['wall_s']} | {r['test_accuracy']:.4f} | {r['test_f1_macro']:.4f} | {r['val_accuracy']:.4f} | "
-                  f"{r['train_rows']} | {', '.join(f'{k} {v}' for k, v in r['phases_s'].items())} |" for r in run["results"]]
+                  f"{r['train_rows']} | {', '.join(f'{k} {v}' for k, v in r['phases_s'].items())} | {r.get('load_avg_1min', 'n/a')} |" for r in run["results"]]
         lines.append("")
     (HERE / "RESULTS.md").write_text("\n".join(lines))
 
