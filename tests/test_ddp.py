@@ -54,7 +54,6 @@ def _files(run_dir: Path) -> set[str]:
     return {f for f in files if not f.startswith("wandb/")}
 
 
-@pytest.mark.slow
 def test_ddp_cpu_two_processes_match_single_process(tmp_path):
     """trainer=ddp_cpu (2 spawned gloo ranks, batch 8 each) vs trainer=cpu (batch 16): same metrics and predictions
     within PROB_TOLERANCE, one complete prediction set, artifacts written once, CSV rows not doubled."""

@@ -15,11 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna  # the sweeps extra (make test installs it): a missing install must fail, not skip
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-optuna = pytest.importorskip("optuna", reason="install the sweeps extra: pip install -e '.[sweeps]'")
 
 TINY = [
     "model=minilm", "model.tiny=true", "trainer=cpu", "trainer.precision=32-true", "logger=csv",
