@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from agnews import artifacts
 from agnews.distributed import FitProgress, GatherPredictions, ShardedEvalBatchSampler, collect
 from agnews.errors import ConfigError
+from agnews.models.peft import apply_peft, export_bundle
 from agnews.tracking.wandb_logger import finish_loggers, log_evaluation, wandb_loggers
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def train(cfg: DictConfig) -> dict:
 
     label_names = list(cfg.data.label_names)
     bundle = instantiate(cfg.model, label_names=label_names)
+    # peft=lora|ia3|prefix|prompt wraps the model (adapters + head train); peft=none leaves it as built.
+    bundle = apply_peft(bundle, cfg.get("peft"))
     model_limit = getattr(bundle.tokenizer, "model_max_length", None)
     if model_limit and model_limit < 1_000_000 and cfg.data.max_length > model_limit:
         raise ConfigError(
@@ -223,10 +226,12 @@ def _fit_evaluate_write(
         model_dir = None
         if cfg.evaluate.export_model:
             if sharded:
-                bundle = instantiate(cfg.model, label_names=label_names)
+                bundle = apply_peft(instantiate(cfg.model, label_names=label_names), cfg.get("peft"))
                 if best_path:
                     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
                     bundle.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+            # LoRA/IA3 are merged into plain weights (no PEFT needed to serve); prefix/prompt export the adapter.
+            bundle = export_bundle(bundle)
             model_dir = artifacts.export_model(bundle, output_dir, cfg.data.max_length)
         lap("export")
         for logger in wandb_loggers(trainer.loggers):

@@ -1,0 +1,198 @@
+"""Parameter-efficient fine-tuning with the ``peft`` library: ``peft=lora|ia3|prefix|prompt`` (``none`` = full).
+
+:func:`apply_peft` wraps the bundle's model in a ``PeftModel`` (task SEQ_CLS) after it is built; only the adapters and
+the classification head train. :func:`export_bundle` prepares what ``model/`` receives: LoRA and IA3 are merged into
+the base weights (``merge_and_unload``), so the export is a plain transformers model; prefix and prompt tuning cannot
+be merged, so the adapter is exported (``save_pretrained``: adapter_config.json + adapter_model.safetensors, which
+names the base model). See docs/strategies.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping
+
+from agnews.errors import ConfigError
+from agnews.models.factory import ClassifierBundle, _plain
+
+log = logging.getLogger(__name__)
+
+MERGEABLE = ("lora", "ia3")
+PROMPT_METHODS = ("prefix", "prompt")
+METHODS = (*MERGEABLE, *PROMPT_METHODS)
+
+# The classification head of each architecture (model.config.model_type): trained fully and saved with the adapter.
+# peft adds "classifier" itself; DeBERTa's pooler and XLNet's summary layer are randomly initialised heads too.
+HEAD_MODULES = {
+    "bert": ["pooler", "classifier"],
+    "roberta": ["classifier"],
+    "electra": ["classifier"],
+    "longformer": ["classifier"],
+    "deberta-v2": ["pooler", "classifier"],
+    "deberta": ["pooler", "classifier"],
+    "xlnet": ["sequence_summary", "logits_proj"],
+}
+
+
+def _per_family(value: Any, family: str, key: str) -> Any:
+    """A ``family -> value`` mapping picks this family's entry (None when absent); a list/str applies to every family."""
+    if isinstance(value, Mapping):
+        return value.get(family)
+    return value
+
+
+def _build_config(method: str, settings: dict, family: str, model_type: str):
+    import peft
+
+    settings = dict(settings)
+    head = settings.pop("modules_to_save", None)
+    head = _per_family(head, family, "modules_to_save") if head is not None else None
+    if head is None:
+        head = HEAD_MODULES.get(model_type)
+    for key in ("target_modules", "feedforward_modules"):
+        if key in settings:
+            settings[key] = _per_family(settings[key], family, key)
+            if settings[key] is None:
+                settings.pop(key)  # peft's default for this model_type, if it has one
+    classes = {
+        "lora": peft.LoraConfig,
+        "ia3": peft.IA3Config,
+        "prefix": peft.PrefixTuningConfig,
+        "prompt": peft.PromptTuningConfig,
+    }
+    try:
+        return classes[method](task_type=peft.TaskType.SEQ_CLS, modules_to_save=list(head) if head else None, **settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"peft={method}: invalid settings {settings}: {exc}") from exc
+
+
+def apply_peft(bundle: ClassifierBundle, cfg: Mapping[str, Any] | None) -> ClassifierBundle:
+    """Wrap ``bundle.model`` per the ``peft`` config group; ``peft=none`` (an empty group) returns the bundle as is."""
+    settings = dict(_plain(cfg) or {})
+    method = settings.pop("method", None)
+    if method in (None, "none"):
+        if settings:
+            raise ConfigError(f"peft: settings {sorted(settings)} given without peft.method (one of {list(METHODS)})")
+        return bundle
+    if method not in METHODS:
+        raise ConfigError(f"peft.method={method!r} is not supported; choose one of {list(METHODS)} (or peft=none)")
+    try:
+        import peft
+    except ImportError as exc:  # pragma: no cover - peft is an optional dependency
+        raise ConfigError(f"peft={method} needs the peft library: pip install 'agnews[peft]'") from exc
+
+    model_type = getattr(bundle.model.config, "model_type", "")
+    if method in PROMPT_METHODS and bundle.global_attention_first_token:
+        raise ConfigError(
+            f"peft={method} cannot be used with model={bundle.family}: virtual tokens are prepended to the input, "
+            "and peft does not extend Longformer's global_attention_mask to them. Use peft=lora or peft=ia3."
+        )
+    if method == "prompt" and "token_dim" not in settings:
+        # Virtual tokens join the word embeddings: their width is the embedding's (ELECTRA's is not hidden_size).
+        settings["token_dim"] = bundle.model.get_input_embeddings().embedding_dim
+    config = _build_config(method, settings, bundle.family, model_type)
+    try:
+        model = peft.get_peft_model(bundle.model, config)
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise ConfigError(
+            f"peft={method} could not be applied to model={bundle.family} ({model_type}): {exc}. "
+            "Set the modules for this family with peft.target_modules (a mapping family -> list of module names)."
+        ) from exc
+    if method in PROMPT_METHODS:
+        _probe(model, bundle, method)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info(
+        "PEFT %s on %s: %s trainable of %s parameters (%.2f%%)",
+        method, bundle.family, f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
+    )
+    targets = getattr(config, "target_modules", None)
+    info = {
+        "method": method,
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+        "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+        "modules_to_save": sorted(set(config.modules_to_save or [])),
+        "merged": False,
+    }
+    return dataclasses.replace(bundle, model=model, extra={**bundle.extra, "peft": info})
+
+
+def _probe(model, bundle: ClassifierBundle, method: str) -> None:
+    """Prompt methods change how the model is called (virtual tokens, past key/values), which some architectures (or
+    transformers versions) do not accept: one two-token forward now turns a failure at the first training step into
+    a clear config error."""
+    import torch
+
+    token = bundle.tokenizer.cls_token_id if bundle.tokenizer.cls_token_id is not None else bundle.tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    inputs = {
+        "input_ids": torch.full((1, 2), int(token), dtype=torch.long, device=device),
+        "attention_mask": torch.ones((1, 2), dtype=torch.long, device=device),
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the method cannot run on this model
+        raise ConfigError(
+            f"peft={method} does not work with model={bundle.family} "
+            f"({getattr(bundle.model.config, 'model_type', '?')}) in this environment: {type(exc).__name__}: "
+            f"{str(exc).rstrip('.')}. "
+            "Use peft=lora or peft=ia3 (or peft=prompt where supported)."
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merge_and_unload(peft_model):
+    """Merge every adapter layer into its base layer and drop the wrappers: a plain transformers model.
+
+    peft's own ``merge_and_unload`` does this too, but its IA3 version fails on a ``modules_to_save`` head that is not a
+    Linear layer (``BertPooler``, RoBERTa's classification head: "object has no attribute 'weight'"); this walk works
+    for LoRA and IA3 alike. It modifies the model in place.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    def unwrap(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, AuxiliaryTrainingWrapper):  # modules_to_save: the trained copy replaces the original
+                replacement = child.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None)
+            elif isinstance(child, BaseTunerLayer):
+                child.merge()
+                replacement = child.get_base_layer()
+            else:
+                replacement = child
+            if replacement is not child:
+                setattr(module, name, replacement)
+            unwrap(replacement)
+
+    model = peft_model.get_base_model()
+    unwrap(model)
+    return model.eval()
+
+
+def export_bundle(bundle: ClassifierBundle) -> ClassifierBundle:
+    """What ``artifacts.export_model`` should save: LoRA/IA3 merged into a plain model (``merge_and_unload``, in
+    place: call it last); prefix/prompt tuning unchanged (the PeftModel saves its adapter), with the base model named.
+    """
+    if not is_peft_model(bundle.model):
+        return bundle
+    info = dict(bundle.extra.get("peft", {}))
+    method = info.get("method")
+    if method in MERGEABLE:
+        merged = merge_and_unload(bundle.model)
+        info["merged"] = True
+        return dataclasses.replace(bundle, model=merged, extra={**bundle.extra, "peft": info})
+    info["base_model"] = bundle.source
+    return dataclasses.replace(bundle, extra={**bundle.extra, "peft": info})

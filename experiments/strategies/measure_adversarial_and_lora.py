@@ -1,0 +1,324 @@
+"""Adversarial training (standard / FGM / PGD / FreeLB) and LoRA vs full fine-tuning, measured as a user runs them.
+
+Every arm is one subprocess of the CLI, on the real shared AG News copy with the shipped pretrained MiniLM
+(``experiment=quickstart``: trainer=cpu, bf16-mixed) and the SAME seed, rows, steps and schedule:
+
+    python -m agnews.train experiment=quickstart strategy=<arm> peft=<none|lora> seed=42 data.train_size=... \
+        data.val_size=... data.max_length=64 data.batch_size=32 trainer.max_epochs=1 evaluate.splits=[val,test] \
+        callbacks.progress_bar=null +callbacks.step_timer={_target_:experiments.strategies.step_timer.StepTimer} \
+        hydra.run.dir=<workdir>/<arm>
+
+then, for the robustness arms, ``python -m agnews.evaluation.robustness --run <workdir>/<arm> --limit N`` (the first N
+rows of the test split, the same for every arm; the default suite: 7 perturbations x rates 0.1, 0.3).
+
+Per arm: clean test accuracy (every row of the test split that the run scores), robustness clean/perturbed accuracy and
+score, fit seconds / optimizer steps (run.json), the median wall time of one training step (step_timer callback,
+first step excluded), trainable parameters (step_timer: parameters with requires_grad when training starts) and the
+peak resident memory of the training process (``ru_maxrss`` of that child, from ``os.wait4``).
+
+    .venv/bin/python experiments/strategies/measure_adversarial_and_lora.py [--train-size 1000] [--robust-limit 400] \
+        [--arms standard fgm pgd freelb lora] [--deadline HH:MM] [-- extra overrides for every arm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+# arm -> (strategy, peft)
+ARMS = {
+    "standard": ("standard", "none"),
+    "fgm": ("fgm", "none"),
+    "pgd": ("pgd", "none"),
+    "freelb": ("freelb", "none"),
+    "lora": ("standard", "lora"),
+}
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+
+
+def run_child(command: list[str], log_path: Path, env: dict, deadline: float | None) -> dict:
+    """Run ``command``; returns exit code, wall seconds and the child's own peak RSS (MiB), killed at ``deadline``."""
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        killed = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if deadline is not None and time.time() > deadline and not killed:
+                proc.kill()
+                killed = True
+            time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "rc": proc.returncode,
+        "killed_at_deadline": killed,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+    }
+
+
+def train_command(arm: str, args, run_dir: Path) -> list[str]:
+    strategy, peft = ARMS[arm]
+    return [
+        "python", "-m", "agnews.train", "experiment=quickstart", f"strategy={strategy}", f"peft={peft}",
+        f"seed={args.seed}", f"data.train_size={args.train_size}", f"data.val_size={args.val_size}",
+        f"data.max_length={args.max_length}", f"data.batch_size={args.batch_size}", "trainer.max_epochs=1",
+        f"evaluate.splits=[{','.join(args.eval_splits)}]", "callbacks.progress_bar=null",
+        "+callbacks.step_timer={_target_:experiments.strategies.step_timer.StepTimer}",
+        *args.overrides, f"hydra.run.dir={run_dir}",
+    ]
+
+
+def robustness_command(args, run_dir: Path) -> list[str]:
+    return ["python", "-m", "agnews.evaluation.robustness", "--run", str(run_dir), "--limit", str(args.robust_limit),
+            "--seed", "0"]
+
+
+def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None) -> dict:
+    run_dir = workdir / arm
+    command = train_command(arm, args, run_dir)
+    load_before = os.getloadavg()[0]
+    child = run_child([sys.executable, *command[1:]], workdir / f"{arm}.train.log", env, deadline)
+    row: dict = {"arm": arm, "strategy": ARMS[arm][0], "peft": ARMS[arm][1], "command": shlex.join(command[:-1]),
+                 "run_dir": str(run_dir), "train": child}
+    if child["rc"] != 0:
+        row["error"] = (workdir / f"{arm}.train.log").read_text()[-3000:]
+        row["load_avg_1min"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+        return row
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    manifest = json.loads((run_dir / "run.json").read_text())
+    steps = json.loads((run_dir / "step_times.json").read_text()) if (run_dir / "step_times.json").is_file() else {}
+    fit_s = manifest["timings_s"]["fit"]
+    row.update({
+        "train_rows": manifest["data"]["sizes"]["train"],
+        "val_rows": manifest["data"]["sizes"].get("val"),
+        "global_step": manifest["global_step"],
+        "timings_s": manifest["timings_s"],
+        "fit_s_per_step": round(fit_s / max(1, manifest["global_step"]), 4),
+        "median_step_s": steps.get("median_step_s_excl_first"),
+        "mean_step_s": steps.get("mean_step_s_excl_first"),
+        "first_step_s": steps.get("first_step_s"),
+        "timed_steps": steps.get("steps"),
+        "trainable_parameters": steps.get("trainable_parameters"),
+        "total_parameters_in_training": steps.get("total_parameters"),
+        "exported_model": manifest["model"],
+        "peak_rss_mib": child["peak_rss_mib"],
+    })
+    for split in args.eval_splits:
+        if split in metrics:
+            row[f"{split}_accuracy"] = round(metrics[split]["accuracy"], 4)
+            row[f"{split}_f1_macro"] = round(metrics[split]["f1_macro"], 4)
+            row[f"{split}_rows"] = metrics[split]["num_examples"]
+    if arm in args.robust_arms and args.robust_limit > 0:
+        rcommand = robustness_command(args, run_dir)
+        rchild = run_child([sys.executable, *rcommand[1:]], workdir / f"{arm}.robustness.log", env, deadline)
+        row["robustness_command"] = shlex.join(rcommand)
+        row["robustness_run"] = rchild
+        if rchild["rc"] == 0:
+            report = json.loads((run_dir / "robustness.json").read_text())
+            pred_file = run_dir / "predictions" / "test.csv"
+            if pred_file.is_file():
+                # The same rows scored by the training run (bf16-mixed autocast): a cross-check of the fp32 clean pass.
+                import csv
+
+                with pred_file.open(newline="") as handle:
+                    first = list(csv.DictReader(handle))[: args.robust_limit]
+                row["test_accuracy_first_rows_bf16"] = round(sum(r["label"] == r["pred"] for r in first) / max(1, len(first)), 4)
+            row["robustness"] = {
+                "rows": report["num_examples"],
+                "clean_accuracy": round(report["clean_accuracy"], 4),
+                "mean_perturbed_accuracy": round(report["mean_perturbed_accuracy"], 4),
+                "robustness_score": round(report["robustness_score"], 4),
+                "worst": report["worst"],
+                "per_perturbation": {f"{p['name']}@{p['rate']}": round(p["accuracy"], 4) for p in report["perturbations"]},
+            }
+        else:
+            row["robustness_error"] = (workdir / f"{arm}.robustness.log").read_text()[-3000:]
+    row["load_avg_1min"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+    return row
+
+
+def fmt(value, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render(record: dict) -> str:
+    m, rows = record["meta"], record["results"]
+    by_arm = {r["arm"]: r for r in rows}
+    lines = [
+        "# Adversarial training and LoRA: measurements", "",
+        f"- Date: {m['date']} (finished {m.get('finished', 'in progress')})",
+        f"- Command: `{m['command']}`",
+        f"- Hardware: {m['cpu']}, {m['cores']} cores, no GPU; torch {m['torch']}",
+        f"- Load average (1 min) at start: {m['load_avg_start']}; per arm below (before -> after)",
+        f"- Budget: {m['budget']}",
+        f"- Runs (logs, run directories): `{m['workdir']}`", "",
+        "One seed, one small training budget: differences under about 0.5 accuracy points are noise. These are results "
+        "of this budget only, not of the methods at convergence.", "",
+        "Per-arm training command (plus `hydra.run.dir=<workdir>/<arm>`):", "",
+    ]
+    lines += [f"- {r['arm']}: `{r['command']}`" for r in rows]
+    if any("robustness_command" in r for r in rows):
+        lines += ["", "Robustness: `python -m agnews.evaluation.robustness --run <workdir>/<arm> --limit "
+                  f"{m['robust_limit']} --seed 0` (first {m['robust_limit']} test rows; 7 perturbations x rates 0.1, 0.3; "
+                  "score = mean of perturbed / clean accuracy). The subset is the file's first rows, not stratified; its "
+                  f"class counts (labels 1-4 = World, Sports, Business, Sci/Tech): {m.get('robust_subset_label_counts')}. "
+                  "The robustness module scores in fp32; the training run scored the test split under bf16-mixed autocast."]
+    adv = [by_arm[a] for a in ("standard", "fgm", "pgd", "freelb") if a in by_arm]
+    if adv:
+        lines += ["", "## (1) standard vs FGM vs PGD vs FreeLB", "",
+                  "| arm | test acc | test rows | val acc | test acc, first N rows (bf16, training run) | robust clean acc (fp32) | mean perturbed acc | robustness score | worst | "
+                  "steps | fit s / step | median step s | wall s (train) | load avg |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+        for r in adv:
+            rb = r.get("robustness", {})
+            if "error" in r:
+                lines.append(f"| {r['arm']} | FAILED (rc {r['train']['rc']}{', killed at deadline' if r['train']['killed_at_deadline'] else ''}) "
+                             "| | | | | | | | | | | | |")
+                continue
+            lines.append(
+                f"| {r['arm']} | {fmt(r.get('test_accuracy'))} | {r.get('test_rows', 'n/a')} | {fmt(r.get('val_accuracy'))} | "
+                f"{fmt(r.get('test_accuracy_first_rows_bf16'))} | "
+                f"{fmt(rb.get('clean_accuracy'))} | {fmt(rb.get('mean_perturbed_accuracy'))} | {fmt(rb.get('robustness_score'))} | "
+                f"{rb.get('worst', 'n/a')} | {r['global_step']} | {fmt(r['fit_s_per_step'], '.3f')} | {fmt(r['median_step_s'], '.3f')} | "
+                f"{r['train']['wall_s']} | {r['load_avg_1min']} |")
+        with_rb = [r for r in adv if "robustness" in r]
+        if with_rb:
+            keys = list(with_rb[0]["robustness"]["per_perturbation"])
+            lines += ["", "Accuracy per perturbation (first "
+                      f"{m['robust_limit']} test rows):", "",
+                      "| perturbation@rate | " + " | ".join(r["arm"] for r in with_rb) + " |",
+                      "|---|" + "---:|" * len(with_rb)]
+            lines += [f"| clean | " + " | ".join(fmt(r["robustness"]["clean_accuracy"]) for r in with_rb) + " |"]
+            lines += [f"| {k} | " + " | ".join(fmt(r["robustness"]["per_perturbation"].get(k)) for r in with_rb) + " |" for k in keys]
+    ft = [by_arm[a] for a in ("standard", "lora") if a in by_arm]
+    if "lora" in by_arm:
+        lines += ["", "## (2) LoRA vs full fine-tuning (strategy=standard)", "",
+                  "| arm | peft | test acc | test rows | val acc | trainable params | total params | steps | fit s / step | "
+                  "median step s | peak RSS MiB (training process) | wall s (train) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in ft:
+            if "error" in r:
+                lines.append(f"| {r['arm']} | {r['peft']} | FAILED (rc {r['train']['rc']}) | | | | | | | | | |")
+                continue
+            lines.append(
+                f"| {'full fine-tuning' if r['arm'] == 'standard' else r['arm']} | {r['peft']} | {fmt(r.get('test_accuracy'))} | "
+                f"{r.get('test_rows', 'n/a')} | {fmt(r.get('val_accuracy'))} | {r['trainable_parameters']:,} | "
+                f"{r['total_parameters_in_training']:,} | {r['global_step']} | {fmt(r['fit_s_per_step'], '.3f')} | "
+                f"{fmt(r['median_step_s'], '.3f')} | {r['peak_rss_mib']} | {r['train']['wall_s']} |")
+    if m.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in m["notes"]]
+    failed = [r for r in rows if "error" in r or "robustness_error" in r]
+    for r in failed:
+        lines += ["", f"### {r['arm']} failed", "", "```", (r.get("error") or r.get("robustness_error", ""))[-1500:], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--robust-arms", nargs="+", default=["standard", "fgm", "pgd", "freelb"], choices=list(ARMS))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train-size", type=int, default=1000)
+    parser.add_argument("--val-size", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--robust-limit", type=int, default=400)
+    parser.add_argument("--deadline", default=None, help="HH:MM (local time): arms not started by then are skipped, "
+                        "a running child is killed at it")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: /tmp/agnews-strategies-<timestamp>")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--md", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--note", action="append", default=[])
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every arm (after --)")
+    args = parser.parse_args()
+
+    import torch
+
+    now = dt.datetime.now()
+    deadline = None
+    if args.deadline:
+        hh, mm = map(int, args.deadline.split(":"))
+        deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+    workdir = args.workdir or Path(f"/tmp/agnews-strategies-{now:%Y%m%d-%H%M%S}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # One tokenization cache for all arms (same rows, same tokenizer): only the first arm tokenizes.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(workdir / "cache"), "PYTHONUNBUFFERED": "1"}
+    steps = -(-args.train_size // args.batch_size)
+    meta = {
+        "date": now.isoformat(timespec="seconds"),
+        "command": "python experiments/strategies/measure_adversarial_and_lora.py " + shlex.join(sys.argv[1:]),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "load_avg_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "workdir": str(workdir),
+        "seed": args.seed,
+        "robust_limit": args.robust_limit,
+        "budget": (f"experiment=quickstart (pretrained MiniLM-L6, lr 1e-4, warmup 6 %, bf16-mixed on CPU), seed {args.seed}, "
+                   f"{args.train_size} training rows, 1 epoch, batch {args.batch_size} (about {steps} optimizer steps), "
+                   f"max_length {args.max_length}, {args.val_size} validation rows; test accuracy on "
+                   f"{'every row of the test split' if 'test' in args.eval_splits else 'no test rows'}; robustness on the "
+                   f"first {args.robust_limit} test rows; same for every arm"),
+        "notes": args.note,
+    }
+    test_csv = Path(os.environ.get("AGNEWS_DATA_DIR", REPO.parent / "shared" / "data" / "ag_news")) / "test.csv"
+    if test_csv.is_file() and args.robust_limit > 0:
+        import collections
+        import csv
+
+        with test_csv.open(newline="") as handle:
+            labels = [r[0] for _, r in zip(range(args.robust_limit), csv.reader(handle))]
+        meta["robust_subset_label_counts"] = dict(sorted(collections.Counter(labels).items()))
+    record = {"meta": meta, "results": []}
+
+    def save() -> None:
+        previous = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+        runs = [r for r in previous.get("runs", []) if r["meta"]["date"] != meta["date"]]
+        args.out.write_text(json.dumps({"runs": [record] + runs[:9]}, indent=2) + "\n")
+        args.md.write_text(render(record))
+
+    for arm in args.arms:
+        if deadline is not None and time.time() > deadline:
+            meta["notes"].append(f"{arm}: not run (deadline {args.deadline} passed)")
+            continue
+        started = time.perf_counter()
+        row = measure_arm(arm, args, workdir, env, deadline)
+        record["results"].append(row)
+        summary = {k: row.get(k) for k in ("arm", "test_accuracy", "val_accuracy", "global_step", "fit_s_per_step",
+                                           "median_step_s", "trainable_parameters", "peak_rss_mib")}
+        summary["robustness_score"] = row.get("robustness", {}).get("robustness_score")
+        summary["arm_wall_s"] = round(time.perf_counter() - started, 1)
+        summary["ok"] = "error" not in row and "robustness_error" not in row
+        print(json.dumps(summary), flush=True)
+        save()
+    meta["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    save()
+
+
+if __name__ == "__main__":
+    main()
