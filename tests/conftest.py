@@ -12,6 +12,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 SHARED_DATA_DIR = Path(os.environ.get("AGNEWS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "ag_news"))
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+# A tiny random BERT on CPU in fp32: the cheapest full pipeline run.
+TINY = ["model=minilm", "model.tiny=true", "trainer=cpu", "trainer.precision=32-true", "logger=csv"]
+
+
+def small_data_overrides(folder) -> list[str]:
+    """Overrides for a fast run on a synthetic ag_news_csv folder (see make_ag_news_dir)."""
+    return [
+        f"data.data_dir={folder}",
+        "data.source=csv",
+        "data.val_size=40",
+        "data.max_length=32",
+        "data.batch_size=16",
+        "data.eval_batch_size=64",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar=null",
+    ]
 
 # Short, clearly separable texts per class so tiny models can learn something on a few hundred rows.
 _VOCAB = {

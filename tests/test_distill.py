@@ -18,23 +18,7 @@ from agnews.strategies.distill import (
     select_layers,
     soft_labels_from_file,
 )
-from tests.conftest import LABELS
-
-TINY = ["model=minilm", "model.tiny=true", "trainer=cpu", "trainer.precision=32-true", "logger=csv"]
-
-
-def _small_data(folder) -> list[str]:
-    return [
-        f"data.data_dir={folder}",
-        "data.source=csv",
-        "data.val_size=40",
-        "data.max_length=32",
-        "data.batch_size=16",
-        "data.eval_batch_size=64",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar=null",
-    ]
+from tests.conftest import LABELS, TINY, small_data_overrides as _small_data
 
 
 def _run(compose_train_cfg, overrides: list[str], output_dir: Path) -> dict:

@@ -12,23 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import LABELS, REPO_ROOT
-
-TINY = ["model=minilm", "model.tiny=true", "trainer=cpu", "trainer.precision=32-true", "logger=csv"]
-
-
-def _small_data(folder) -> list[str]:
-    return [
-        f"data.data_dir={folder}",
-        "data.source=csv",
-        "data.val_size=40",
-        "data.max_length=32",
-        "data.batch_size=16",
-        "data.eval_batch_size=64",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar=null",
-    ]
+from tests.conftest import LABELS, REPO_ROOT, TINY, small_data_overrides as _small_data
 
 
 def _read_predictions(path):
