@@ -21,8 +21,9 @@ from typing import Sequence
 
 import torch
 
+from agnews.models.exported import MODEL_INFO_FILE  # one home for the file name
+
 MODEL_DIR = "model"
-MODEL_INFO_FILE = "agnews_model.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "run.json"
 PREDICTIONS_DIR = "predictions"
@@ -69,8 +70,14 @@ def read_predictions(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor,
 
 def export_model(bundle, output_dir: Path, max_length: int, extra: dict | None = None) -> Path:
     """Save the classifier in Hugging Face form (safetensors) with its tokenizer and the facts needed to feed it."""
+    from agnews.models.exported import save_unmerged
+    from agnews.models.peft import is_peft_model
+
     target = output_dir / MODEL_DIR
-    bundle.model.save_pretrained(target, safe_serialization=True)
+    if is_peft_model(bundle.model):  # prompt/prefix tuning: adapter + model/base (LoRA/IA3 arrive merged)
+        save_unmerged(bundle.model, target)
+    else:
+        bundle.model.save_pretrained(target, safe_serialization=True)
     bundle.tokenizer.save_pretrained(target)
     write_json(target / MODEL_INFO_FILE, {**bundle.describe(), "max_length": max_length, **(extra or {})})
     return target

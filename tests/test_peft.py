@@ -15,8 +15,7 @@ from agnews.models.peft import HEAD_MODULES, apply_peft
 
 from tests.conftest import LABELS
 
-# prefix tuning cannot run on these encoders with transformers 5 (see test_prefix_tuning_fails_clearly).
-METHODS = ["lora", "ia3", "prompt"]
+METHODS = ["lora", "ia3", "prefix", "prompt"]
 # Parameter names that may train under each method: the adapter's, and the head's trainable copy.
 ADAPTER_MARKS = {"lora": ("lora_",), "ia3": ("ia3_l",), "prefix": ("prompt_encoder",), "prompt": ("prompt_encoder",)}
 
@@ -190,29 +189,76 @@ def test_merged_export_is_a_plain_model_that_reproduces_the_run(tmp_path, make_a
     assert metrics["test"]["num_examples"] == 40
 
 
-@pytest.mark.parametrize("model", ["minilm", "deberta"])
-def test_prefix_tuning_fails_clearly(build, model):
-    """transformers 5 encoders take ``cache``, not ``past_key_values``: peft's prefix path rejects them. That must be a
-    ConfigError when the model is built, not a crash at the first training step."""
+@pytest.mark.parametrize("model", ["minilm", "roberta", "electra"])
+def test_prefix_tuning_trains_its_prefix_on_cache_encoders(build, model):
+    """transformers 5 encoders take their key/value cache as ``cache``; peft 0.21's own prefix path looks for
+    ``past_key_values`` and refuses. Ours passes the prefix under the encoder's keyword: it must reach attention
+    (changes the logits), get a gradient, and leave padded and unpadded inputs with the same logits."""
     cfg, bundle = build("prefix", model=model)
-    with pytest.raises(ConfigError, match="peft=prefix does not work .*past key values"):
+    wrapped = apply_peft(bundle, cfg.peft).model
+    encoder = [p for n, p in wrapped.named_parameters() if "prompt_encoder" in n]
+    assert encoder and all(p.requires_grad for p in encoder)
+    torch.manual_seed(1)
+    ids = torch.randint(5, 90, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    wrapped.train()
+    loss = wrapped(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder), "the prefix got no gradient"
+    wrapped.eval()
+    with torch.no_grad():
+        logits = wrapped(input_ids=ids, attention_mask=mask).logits
+        plain = wrapped.get_base_model()(input_ids=ids, attention_mask=mask).logits
+        unpadded = wrapped(input_ids=ids[1:, :6], attention_mask=mask[1:, :6]).logits
+    assert not torch.allclose(logits, plain, atol=1e-6), "the prefix does not reach the encoder"
+    torch.testing.assert_close(unpadded, logits[1:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["deberta", "xlnet"])
+def test_prefix_tuning_on_encoders_without_a_cache_fails_clearly(build, model):
+    """DeBERTa-v2 and XLNet take no key/value cache: a config error when the model is built, not a silently
+    ignored prefix or a crash at the first training step."""
+    cfg, bundle = build("prefix", model=model)
+    with pytest.raises(ConfigError, match="peft=prefix does not work .*takes no key/value cache"):
         apply_peft(bundle, cfg.peft)
 
 
-@pytest.mark.parametrize("method", ["prompt"])
-def test_prompt_methods_export_the_adapter(tmp_path, make_ag_news_dir, compose_train_cfg, method):
-    _, metrics, run = _run(tmp_path, make_ag_news_dir, compose_train_cfg, f"peft={method}")
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_prompt_methods_export_adapter_and_base_that_reproduce_the_run(tmp_path, make_ag_news_dir, compose_train_cfg, method):
+    from agnews.data.sources import read_ag_news_csv
+    from agnews.models.exported import load_classifier
+
+    data, metrics, run = _run(tmp_path, make_ag_news_dir, compose_train_cfg, f"peft={method}")
     model_dir = run / "model"
     config = json.loads((model_dir / "adapter_config.json").read_text())
     assert config["peft_type"] == {"prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}[method]
     adapter = load_file(model_dir / "adapter_model.safetensors")
     assert any("prompt_embeddings" in k for k in adapter) and any("classifier" in k for k in adapter)
     assert not (model_dir / "model.safetensors").exists()
+    # model/base: the frozen base with the trained head, as plain transformers weights (no peft wrappers).
+    base = load_file(model_dir / "base" / "model.safetensors")
+    assert not any("modules_to_save" in k or "original_module" in k for k in base)
     info = json.loads((model_dir / "agnews_model.json").read_text())["peft"]
     assert info == {**info, "method": method, "merged": False, "base_model": "tiny:bert"}
     state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert any("prompt_encoder" in k for k in state)
     assert metrics["test"]["num_examples"] == 40 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+    # The loader rebuilds adapter + base and reproduces the run's test probabilities.
+    loaded = load_classifier(model_dir)
+    texts = read_ag_news_csv(data / "test.csv", "test").texts
+    with torch.inference_mode():
+        encoded = loaded.tokenizer(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
+        probs = torch.softmax(loaded.model(**encoded).logits, dim=-1)
+    torch.testing.assert_close(probs, _probs_from_csv(run / "predictions" / "test.csv"), atol=1e-4, rtol=0)
+
+    # A damaged export says what is missing.
+    (model_dir / "base" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no base model"):
+        load_classifier(model_dir)
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        load_classifier(run / "nowhere")
 
 
 def test_adversarial_strategy_with_lora_runs_end_to_end(tmp_path, make_ag_news_dir, compose_train_cfg):

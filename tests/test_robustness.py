@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
@@ -161,3 +162,25 @@ def test_cli_writes_robustness_json_for_an_exported_run(tmp_path, make_ag_news_d
     assert report["robustness_score"] == pytest.approx(sum(relative) / len(relative))
     assert json.loads(result.stdout.strip().splitlines()[-1])["robustness_score"] == pytest.approx(report["robustness_score"])
     assert report["synonym_source"].startswith("built-in")
+
+    # --sample-size: a seeded stratified sample (class proportions of the whole test split), scored on those ids.
+    sample = subprocess.run(
+        [*command[:5], "--sample-size", "20", "--perturbations", "char_swap", "--rates", "0.3", "--seed", "3",
+         "--output", str(tmp_path / "sample.json")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    sampled = json.loads((tmp_path / "sample.json").read_text())
+    assert sampled["num_examples"] == 20 and sampled["sample_size"] == 20 and len(set(sampled["ids"])) == 20
+    with open(run_dir / "predictions" / "test.csv", newline="") as handle:
+        by_id = {r["id"]: r for r in csv.DictReader(handle)}
+    whole = collections.Counter(r["label"] for r in by_id.values())
+    assert sum(sampled["label_counts"].values()) == 20
+    for count, share in zip(sampled["label_counts"].values(), [whole[k] / len(by_id) for k in sorted(whole)]):
+        assert abs(count - 20 * share) <= 1
+    assert sampled["ids"] != [r for r in list(by_id)[:20]]  # not simply the first rows
+    chosen = [by_id[i] for i in sampled["ids"]]
+    assert sampled["clean_accuracy"] == pytest.approx(sum(r["pred"] == r["label"] for r in chosen) / 20)
+    both = subprocess.run([*command[:5], "--limit", "5", "--sample-size", "5"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "exclude each other" in both.stderr

@@ -355,26 +355,30 @@ def run_robustness(
     data_dir: str | None = None,
     synonyms_file: str | None = None,
     output: str | Path | None = None,
+    sample_size: int | None = None,
 ) -> dict:
-    """Score the run's exported model (``<run>/model``) under the suite; writes ``<run>/robustness.json``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Score the run's exported model (``<run>/model``) under the suite; writes ``<run>/robustness.json``.
 
-    from agnews.artifacts import MODEL_DIR, MODEL_INFO_FILE, write_json
+    ``limit`` scores the split's first N rows; ``sample_size`` a stratified subset of N rows drawn with ``seed`` (class
+    proportions of the whole split kept; the same rows for every run with the same split and seed). Not both.
+    """
+    from agnews.artifacts import MODEL_DIR, write_json
+    from agnews.models.exported import load_classifier
 
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_DIR
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no exported model (run with evaluate.export_model=true)")
-    info = json.loads((model_dir / MODEL_INFO_FILE).read_text()) if (model_dir / MODEL_INFO_FILE).is_file() else {}
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if info.get("padding_side"):
-        tokenizer.padding_side = info["padding_side"]
-    max_length = int(info.get("max_length", 128))
+    loaded = load_classifier(model_dir)  # plain, merged LoRA/IA3, or a prompt/prefix adapter over its base
+    model, tokenizer, info, max_length = loaded.model, loaded.tokenizer, loaded.info, loaded.max_length
+    if limit is not None and sample_size is not None:
+        raise ValueError("give limit (the first N rows) or sample_size (a stratified sample), not both")
     data = load_split(run_dir, split, data_dir)
-    texts, labels = data.texts, data.labels
+    if sample_size is not None:
+        from agnews.data.splits import stratified_take
+
+        data, _ = stratified_take(data, sample_size, seed, "--sample-size")
+    texts, labels, ids = data.texts, data.labels, data.ids
     if limit is not None:
-        texts, labels = texts[:limit], labels[:limit]
+        texts, labels, ids = texts[:limit], labels[:limit], ids[:limit]
     names = list(perturbations) if perturbations else list(PERTURBATIONS)
     unknown = sorted(set(names) - set(PERTURBATIONS))
     if unknown:
@@ -387,7 +391,11 @@ def run_robustness(
         return predict(model, tokenizer, batch_texts, max_length, batch_size, bool(info.get("global_attention_first_token")))
 
     report = evaluate_robustness(score, texts, labels, [(n, float(r)) for n in names for r in rates], seed, synonyms)
-    report = {"run": str(run_dir), "model_dir": str(model_dir), "split": split, "limit": limit, **report}
+    report = {
+        "run": str(run_dir), "model_dir": str(model_dir), "split": split, "limit": limit, "sample_size": sample_size,
+        "label_counts": {model.config.id2label.get(i, str(i)): labels.count(i) for i in sorted(set(labels))},
+        "ids": list(ids), **report,
+    }
     target = Path(output) if output else run_dir / ROBUSTNESS_FILE
     write_json(target, report)
     log.info("Robustness score %.4f (clean accuracy %.4f) -> %s", report["robustness_score"], report["clean_accuracy"], target)
@@ -402,15 +410,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--perturbations", nargs="+", default=None, choices=sorted(PERTURBATIONS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
+    parser.add_argument("--sample-size", type=int, default=None,
+                        help="score a stratified sample of N examples drawn with --seed (instead of --limit)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--data-dir", default=None, help="override the run's data.data_dir (csv sources)")
     parser.add_argument("--synonyms", default=None, help='JSON {"word": ["synonym", ...]} replacing the built-in table')
     parser.add_argument("--output", default=None, help=f"default: <run>/{ROBUSTNESS_FILE}")
     args = parser.parse_args(argv)
+    if args.limit is not None and args.sample_size is not None:
+        parser.error("--limit (the first N rows) and --sample-size (a stratified sample) exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     report = run_robustness(
         args.run, args.split, args.rates, args.perturbations, args.seed, args.limit, args.batch_size,
-        args.data_dir, args.synonyms, args.output,
+        args.data_dir, args.synonyms, args.output, args.sample_size,
     )
     print(json.dumps({k: report[k] for k in ("clean_accuracy", "mean_perturbed_accuracy", "robustness_score")}))
     return 0

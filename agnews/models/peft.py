@@ -3,8 +3,15 @@
 :func:`apply_peft` wraps the bundle's model in a ``PeftModel`` (task SEQ_CLS) after it is built; only the adapters and
 the classification head train. :func:`export_bundle` prepares what ``model/`` receives: LoRA and IA3 are merged into
 the base weights (``merge_and_unload``), so the export is a plain transformers model; prefix and prompt tuning cannot
-be merged, so the adapter is exported (``save_pretrained``: adapter_config.json + adapter_model.safetensors, which
-names the base model). See docs/strategies.md.
+be merged, so the adapter is exported (``save_pretrained``: adapter_config.json + adapter_model.safetensors) beside
+``model/base/``, the frozen base weights with the trained head (:func:`agnews.models.exported.load_classifier` reads
+both). See docs/strategies.md.
+
+Prefix tuning on transformers 5: the encoders take their key/value cache as ``cache`` (``past_key_values`` is a
+deprecated alias), and peft 0.21's prefix path checks the forward signature for ``past_key_values`` and refuses.
+:class:`PrefixTuningForSequenceClassification` passes the prefix under the name the encoder declares; a probe forward
+then checks that the prefix really changes the output, so an architecture that has no cache (DeBERTa-v2, XLNet,
+Longformer) is a clear config error instead of a silently ignored prefix.
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ def apply_peft(bundle: ClassifierBundle, cfg: Mapping[str, Any] | None) -> Class
         settings["token_dim"] = bundle.model.get_input_embeddings().embedding_dim
     config = _build_config(method, settings, bundle.family, model_type)
     try:
-        model = peft.get_peft_model(bundle.model, config)
+        model = wrap_peft_model(bundle.model, config)
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
         raise ConfigError(
             f"peft={method} could not be applied to model={bundle.family} ({model_type}): {exc}. "
@@ -118,6 +125,60 @@ def apply_peft(bundle: ClassifierBundle, cfg: Mapping[str, Any] | None) -> Class
     return dataclasses.replace(bundle, model=model, extra={**bundle.extra, "peft": info})
 
 
+def wrap_peft_model(model, config):
+    """``peft.get_peft_model``, except that prefix tuning gets :class:`PrefixTuningForSequenceClassification`."""
+    import peft
+
+    if config.peft_type == peft.PeftType.PREFIX_TUNING:
+        return prefix_tuning_class()(model, config)
+    return peft.get_peft_model(model, config)
+
+
+def _cache_keyword(backbone) -> str | None:
+    """The keyword under which ``backbone.forward`` takes a key/value cache (transformers 5: ``cache``), or None."""
+    import inspect
+
+    parameters = inspect.signature(backbone.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+_PREFIX_CLASS = None
+
+
+def prefix_tuning_class():
+    """Built on first use: ``peft`` is an optional dependency and is imported lazily."""
+    global _PREFIX_CLASS
+    if _PREFIX_CLASS is not None:
+        return _PREFIX_CLASS
+    import peft
+
+    class PrefixTuningForSequenceClassification(peft.PeftModelForSequenceClassification):
+        """peft's sequence classifier, with the prefix passed to the encoder under the keyword it declares.
+
+        The classification model's own forward forwards unknown keywords to its encoder, so the prefix (a
+        ``DynamicCache`` of per-layer keys/values from ``get_prompt``) reaches every self-attention layer; peft has
+        already prepended ``num_virtual_tokens`` ones to the attention mask.
+        """
+
+        def _prefix_tuning_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
+                                   output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+            base = self.base_model
+            backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+            keyword = _cache_keyword(backbone) if backbone is not None else None
+            if keyword is None:
+                raise ValueError(f"{type(base).__name__} takes no key/value cache, which prefix tuning needs")
+            batch_size = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]
+            kwargs.update(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
+            )
+            kwargs[keyword] = self.get_prompt(batch_size)
+            return base(labels=labels, **kwargs)
+
+    _PREFIX_CLASS = PrefixTuningForSequenceClassification
+    return _PREFIX_CLASS
+
+
 def _probe(model, bundle: ClassifierBundle, method: str) -> None:
     """Prompt methods change how the model is called (virtual tokens, past key/values), which some architectures (or
     transformers versions) do not accept: one two-token forward now turns a failure at the first training step into
@@ -134,7 +195,12 @@ def _probe(model, bundle: ClassifierBundle, method: str) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(**inputs)
+            with_prompt = model(**inputs).logits
+            without = model.get_base_model()(**inputs).logits
+        if torch.equal(with_prompt, without):
+            # A model that accepts and ignores the keyword (transformers 5 forwards **kwargs) would train only the
+            # head while reporting prefix tuning.
+            raise ValueError("the virtual tokens / prefix do not change the model's output (ignored by the model)")
     except Exception as exc:  # noqa: BLE001 - any failure here means the method cannot run on this model
         raise ConfigError(
             f"peft={method} does not work with model={bundle.family} "

@@ -251,10 +251,10 @@ class Distillation(ClassificationModule):
 
     def load_teacher(self, model_dir: Path):
         """The teacher model (eval mode) and its own tokenizer: teacher and student may tokenize differently."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from agnews.models.exported import load_classifier
 
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        loaded = load_classifier(model_dir)  # plain, merged LoRA/IA3, or a prompt/prefix adapter over its base
+        model, tokenizer = loaded.model, loaded.tokenizer
         teacher_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if teacher_labels != self.label_names:
             raise ConfigError(

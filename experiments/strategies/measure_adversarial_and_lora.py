@@ -36,14 +36,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
-# arm -> (strategy, peft)
+# arm -> (strategy, peft, extra overrides). LoRA arms differ only in the learning rate (LoRA usually wants a larger
+# one than full fine-tuning); pick among them by validation accuracy, never by test accuracy.
 ARMS = {
-    "standard": ("standard", "none"),
-    "fgm": ("fgm", "none"),
-    "pgd": ("pgd", "none"),
-    "freelb": ("freelb", "none"),
-    "lora": ("standard", "lora"),
+    "standard": ("standard", "none", []),
+    "fgm": ("fgm", "none", []),
+    "pgd": ("pgd", "none", []),
+    "freelb": ("freelb", "none", []),
+    "lora": ("standard", "lora", []),
+    "lora_lr5e-4": ("standard", "lora", ["strategy.optimizer.lr=5e-4"]),
+    "lora_lr2e-3": ("standard", "lora", ["strategy.optimizer.lr=2e-3"]),
 }
+LORA_ARMS = [arm for arm, (_, peft, _) in ARMS.items() if peft == "lora"]
 
 
 def cpu_model() -> str:
@@ -81,20 +85,20 @@ def run_child(command: list[str], log_path: Path, env: dict, deadline: float | N
 
 
 def train_command(arm: str, args, run_dir: Path) -> list[str]:
-    strategy, peft = ARMS[arm]
+    strategy, peft, extra = ARMS[arm]
     return [
         "python", "-m", "agnews.train", "experiment=quickstart", f"strategy={strategy}", f"peft={peft}",
         f"seed={args.seed}", f"data.train_size={args.train_size}", f"data.val_size={args.val_size}",
         f"data.max_length={args.max_length}", f"data.batch_size={args.batch_size}", "trainer.max_epochs=1",
         f"evaluate.splits=[{','.join(args.eval_splits)}]", "callbacks.progress_bar=null",
         "+callbacks.step_timer={_target_:experiments.strategies.step_timer.StepTimer}",
-        *args.overrides, f"hydra.run.dir={run_dir}",
+        *extra, *args.overrides, f"hydra.run.dir={run_dir}",
     ]
 
 
 def robustness_command(args, run_dir: Path) -> list[str]:
-    return ["python", "-m", "agnews.evaluation.robustness", "--run", str(run_dir), "--limit", str(args.robust_limit),
-            "--seed", "0"]
+    return ["python", "-m", "agnews.evaluation.robustness", "--run", str(run_dir), "--sample-size",
+            str(args.robust_sample), "--seed", "0"]
 
 
 def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None) -> dict:
@@ -112,6 +116,9 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
     manifest = json.loads((run_dir / "run.json").read_text())
     steps = json.loads((run_dir / "step_times.json").read_text()) if (run_dir / "step_times.json").is_file() else {}
     fit_s = manifest["timings_s"]["fit"]
+    from omegaconf import OmegaConf
+
+    row["lr"] = OmegaConf.load(run_dir / "config.yaml").strategy.optimizer.lr
     row.update({
         "train_rows": manifest["data"]["sizes"]["train"],
         "val_rows": manifest["data"]["sizes"].get("val"),
@@ -132,7 +139,7 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
             row[f"{split}_accuracy"] = round(metrics[split]["accuracy"], 4)
             row[f"{split}_f1_macro"] = round(metrics[split]["f1_macro"], 4)
             row[f"{split}_rows"] = metrics[split]["num_examples"]
-    if arm in args.robust_arms and args.robust_limit > 0:
+    if arm in args.robust_arms and args.robust_sample > 0:
         rcommand = robustness_command(args, run_dir)
         rchild = run_child([sys.executable, *rcommand[1:]], workdir / f"{arm}.robustness.log", env, deadline)
         row["robustness_command"] = shlex.join(rcommand)
@@ -145,8 +152,11 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
                 import csv
 
                 with pred_file.open(newline="") as handle:
-                    first = list(csv.DictReader(handle))[: args.robust_limit]
-                row["test_accuracy_first_rows_bf16"] = round(sum(r["label"] == r["pred"] for r in first) / max(1, len(first)), 4)
+                    by_id = {r["id"]: r for r in csv.DictReader(handle)}
+                chosen = [by_id[i] for i in report["ids"] if i in by_id]
+                row["test_accuracy_sample_bf16"] = round(sum(r["label"] == r["pred"] for r in chosen) / max(1, len(chosen)), 4)
+
+            row["robust_sample_label_counts"] = report.get("label_counts")
             row["robustness"] = {
                 "rows": report["num_examples"],
                 "clean_accuracy": round(report["clean_accuracy"], 4),
@@ -182,15 +192,16 @@ def render(record: dict) -> str:
     ]
     lines += [f"- {r['arm']}: `{r['command']}`" for r in rows]
     if any("robustness_command" in r for r in rows):
-        lines += ["", "Robustness: `python -m agnews.evaluation.robustness --run <workdir>/<arm> --limit "
-                  f"{m['robust_limit']} --seed 0` (first {m['robust_limit']} test rows; 7 perturbations x rates 0.1, 0.3; "
-                  "score = mean of perturbed / clean accuracy). The subset is the file's first rows, not stratified; its "
-                  f"class counts (labels 1-4 = World, Sports, Business, Sci/Tech): {m.get('robust_subset_label_counts')}. "
+        counts = next((r["robust_sample_label_counts"] for r in rows if r.get("robust_sample_label_counts")), None)
+        lines += ["", "Robustness: `python -m agnews.evaluation.robustness --run <workdir>/<arm> --sample-size "
+                  f"{m['robust_sample']} --seed 0` (a seeded stratified sample of {m['robust_sample']} test rows, the same "
+                  f"rows for every arm; class counts {counts}; 7 perturbations x rates 0.1, 0.3; "
+                  "score = mean of perturbed / clean accuracy). "
                   "The robustness module scores in fp32; the training run scored the test split under bf16-mixed autocast."]
     adv = [by_arm[a] for a in ("standard", "fgm", "pgd", "freelb") if a in by_arm]
     if adv:
         lines += ["", "## (1) standard vs FGM vs PGD vs FreeLB", "",
-                  "| arm | test acc | test rows | val acc | test acc, first N rows (bf16, training run) | robust clean acc (fp32) | mean perturbed acc | robustness score | worst | "
+                  "| arm | test acc | test rows | val acc | test acc, sample rows (bf16, training run) | robust clean acc (fp32) | mean perturbed acc | robustness score | worst | "
                   "steps | fit s / step | median step s | wall s (train) | load avg |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
         for r in adv:
@@ -201,23 +212,23 @@ def render(record: dict) -> str:
                 continue
             lines.append(
                 f"| {r['arm']} | {fmt(r.get('test_accuracy'))} | {r.get('test_rows', 'n/a')} | {fmt(r.get('val_accuracy'))} | "
-                f"{fmt(r.get('test_accuracy_first_rows_bf16'))} | "
+                f"{fmt(r.get('test_accuracy_sample_bf16'))} | "
                 f"{fmt(rb.get('clean_accuracy'))} | {fmt(rb.get('mean_perturbed_accuracy'))} | {fmt(rb.get('robustness_score'))} | "
                 f"{rb.get('worst', 'n/a')} | {r['global_step']} | {fmt(r['fit_s_per_step'], '.3f')} | {fmt(r['median_step_s'], '.3f')} | "
                 f"{r['train']['wall_s']} | {r['load_avg_1min']} |")
         with_rb = [r for r in adv if "robustness" in r]
         if with_rb:
             keys = list(with_rb[0]["robustness"]["per_perturbation"])
-            lines += ["", "Accuracy per perturbation (first "
-                      f"{m['robust_limit']} test rows):", "",
+            lines += ["", "Accuracy per perturbation (stratified sample of "
+                      f"{m['robust_sample']} test rows):", "",
                       "| perturbation@rate | " + " | ".join(r["arm"] for r in with_rb) + " |",
                       "|---|" + "---:|" * len(with_rb)]
             lines += [f"| clean | " + " | ".join(fmt(r["robustness"]["clean_accuracy"]) for r in with_rb) + " |"]
             lines += [f"| {k} | " + " | ".join(fmt(r["robustness"]["per_perturbation"].get(k)) for r in with_rb) + " |" for k in keys]
-    ft = [by_arm[a] for a in ("standard", "lora") if a in by_arm]
-    if "lora" in by_arm:
+    ft = [by_arm[a] for a in ("standard", *LORA_ARMS) if a in by_arm]
+    if any(a in by_arm for a in LORA_ARMS):
         lines += ["", "## (2) LoRA vs full fine-tuning (strategy=standard)", "",
-                  "| arm | peft | test acc | test rows | val acc | trainable params | total params | steps | fit s / step | "
+                  "| arm (lr) | peft | test acc | test rows | val acc | trainable params | total params | steps | fit s / step | "
                   "median step s | peak RSS MiB (training process) | wall s (train) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in ft:
@@ -225,7 +236,7 @@ def render(record: dict) -> str:
                 lines.append(f"| {r['arm']} | {r['peft']} | FAILED (rc {r['train']['rc']}) | | | | | | | | | |")
                 continue
             lines.append(
-                f"| {'full fine-tuning' if r['arm'] == 'standard' else r['arm']} | {r['peft']} | {fmt(r.get('test_accuracy'))} | "
+                f"| {'full fine-tuning' if r['arm'] == 'standard' else r['arm']} ({r['lr']}) | {r['peft']} | {fmt(r.get('test_accuracy'))} | "
                 f"{r.get('test_rows', 'n/a')} | {fmt(r.get('val_accuracy'))} | {r['trainable_parameters']:,} | "
                 f"{r['total_parameters_in_training']:,} | {r['global_step']} | {fmt(r['fit_s_per_step'], '.3f')} | "
                 f"{fmt(r['median_step_s'], '.3f')} | {r['peak_rss_mib']} | {r['train']['wall_s']} |")
@@ -247,7 +258,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-splits", nargs="+", default=["val", "test"])
-    parser.add_argument("--robust-limit", type=int, default=400)
+    parser.add_argument("--robust-sample", type=int, default=1000, help="stratified test rows for robustness (0: none)")
     parser.add_argument("--deadline", default=None, help="HH:MM (local time): arms not started by then are skipped, "
                         "a running child is killed at it")
     parser.add_argument("--workdir", type=Path, default=None, help="default: /tmp/agnews-strategies-<timestamp>")
@@ -278,22 +289,14 @@ def main() -> None:
         "load_avg_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
         "workdir": str(workdir),
         "seed": args.seed,
-        "robust_limit": args.robust_limit,
+        "robust_sample": args.robust_sample,
         "budget": (f"experiment=quickstart (pretrained MiniLM-L6, lr 1e-4, warmup 6 %, bf16-mixed on CPU), seed {args.seed}, "
                    f"{args.train_size} training rows, 1 epoch, batch {args.batch_size} (about {steps} optimizer steps), "
                    f"max_length {args.max_length}, {args.val_size} validation rows; test accuracy on "
-                   f"{'every row of the test split' if 'test' in args.eval_splits else 'no test rows'}; robustness on the "
-                   f"first {args.robust_limit} test rows; same for every arm"),
+                   f"{'every row of the test split' if 'test' in args.eval_splits else 'no test rows'}; robustness on a "
+                   f"stratified sample of {args.robust_sample} test rows; same for every arm except the LoRA learning rates"),
         "notes": args.note,
     }
-    test_csv = Path(os.environ.get("AGNEWS_DATA_DIR", REPO.parent / "shared" / "data" / "ag_news")) / "test.csv"
-    if test_csv.is_file() and args.robust_limit > 0:
-        import collections
-        import csv
-
-        with test_csv.open(newline="") as handle:
-            labels = [r[0] for _, r in zip(range(args.robust_limit), csv.reader(handle))]
-        meta["robust_subset_label_counts"] = dict(sorted(collections.Counter(labels).items()))
     record = {"meta": meta, "results": []}
 
     def save() -> None:
