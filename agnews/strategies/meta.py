@@ -2,8 +2,17 @@
 
 An episode draws ``n_way`` classes (of AG News' 4) from the training split, ``k_shot`` support and
 ``query_per_class`` query examples per class (support and query disjoint). The classifier keeps its 4-way head: an
-episode reads the logits of its N classes only and re-indexes the targets to 0..N-1, so a meta-trained model is still
-an ordinary AG News classifier for evaluation, export and serving.
+episode assigns its N classes to N of the head's slots, reads the logits at those slots and re-indexes the targets to
+0..N-1 (position i = the episode's i-th class, read at ``slots[i]``), so the model keeps the shape of an ordinary AG
+News classifier for evaluation, export and serving.
+
+* ``permute_labels=false``: every class is read at its own slot (class c at slot c). With 4-way episodes on AG News'
+  4 classes every episode is then the same 4-way task, and meta-training simply trains the head on it.
+* ``permute_labels=true`` (the strategies' default; the standard few-shot protocol, Finn et al. 2017): each episode
+  assigns its classes to head slots in a seeded random order, so no fixed class->slot mapping can be memorised and the
+  unadapted model scores chance on episodes; only adaptation on the support set can solve them.
+* ``head_init=zero`` zeroes the classifier's output layer in the fast weights at the start of every inner loop (the
+  "zero trick", Kao et al., ICLR 2022): every episode starts from uniform predictions over its slots.
 
 * :class:`MAML` adapts fast weights on the support set with :func:`torch.func.functional_call` (the meta-parameters are
   never modified in the inner loop) and takes the outer step on the query loss at the fast weights. First-order by
@@ -37,23 +46,59 @@ from agnews.strategies.base import ClassificationModule
 
 
 # ---- episodes ----------------------------------------------------------------------------------------------------------
+HEAD_INITS = ("keep", "zero")
+
+
+def check_episode_options(permute_labels, head_init: str = "keep") -> None:
+    # A YAML typo such as `permute_labels: yes` arrives as a string, which would silently read as true.
+    if not isinstance(permute_labels, (bool, np.bool_)):
+        raise ConfigError(f"strategy.permute_labels must be true or false, got {permute_labels!r}")
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"strategy.head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
+
+
 @dataclass(frozen=True)
 class Episode:
     classes: list[int]  # the episode's classes (original label ids), ascending
     support: list[int]  # dataset indices, k_shot per class
     query: list[int]  # dataset indices, query_per_class per class, disjoint from support
+    slots: list[int] | None = None  # head slot read for classes[i]; None (the default) = the classes' own slots
+
+    def __post_init__(self):
+        if self.slots is None:
+            object.__setattr__(self, "slots", list(self.classes))
 
 
 class EpisodeSampler:
-    """Seeded N-way K-shot episodes over a split's labels: ``sample(*key)`` is a pure function of ``(seed, *key)``."""
+    """Seeded N-way K-shot episodes over a split's labels: ``sample(*key)`` is a pure function of ``(seed, *key)``.
 
-    def __init__(self, labels: Sequence[int], n_way: int, k_shot: int, query_per_class: int, seed: int = 0):
+    ``permute_labels``: each episode's classes get N distinct head slots (of ``num_slots``, default: the largest label
+    + 1) in a random order drawn from the same key; otherwise class c is read at slot c. The slots are drawn after the
+    examples, so both settings draw the same classes, support and query sets for a key.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        n_way: int,
+        k_shot: int,
+        query_per_class: int,
+        seed: int = 0,
+        permute_labels: bool = False,
+        num_slots: int | None = None,
+    ):
         if not 2 <= n_way <= 4:
             raise ConfigError(f"strategy.n_way must be between 2 and 4 (AG News has 4 classes), got {n_way}")
         if k_shot < 1 or query_per_class < 1:
             raise ConfigError(f"strategy.k_shot and query_per_class must be >= 1, got {k_shot}, {query_per_class}")
+        check_episode_options(permute_labels)
         labels = np.asarray(labels)
         self.n_way, self.k_shot, self.query_per_class, self.seed = n_way, k_shot, query_per_class, seed
+        self.permute_labels = bool(permute_labels)
+        top = int(labels.max()) if labels.size else -1
+        self.num_slots = int(num_slots) if num_slots is not None else top + 1
+        if self.num_slots <= top:
+            raise ConfigError(f"label {top} has no head slot: the classifier has {self.num_slots} outputs")
         need = k_shot + query_per_class
         self.by_class = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
         self.eligible = sorted(c for c, rows in self.by_class.items() if len(rows) >= need)
@@ -72,7 +117,10 @@ class EpisodeSampler:
             picks = rng.choice(self.by_class[c], size=self.k_shot + self.query_per_class, replace=False)
             support.extend(int(i) for i in picks[: self.k_shot])
             query.extend(int(i) for i in picks[self.k_shot :])
-        return Episode(classes, support, query)
+        slots = list(classes)
+        if self.permute_labels:
+            slots = [int(s) for s in rng.permutation(self.num_slots)[: self.n_way]]
+        return Episode(classes, support, query, slots)
 
 
 def episode_targets(labels: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
@@ -90,11 +138,34 @@ def _inputs(batch: dict) -> dict:
     return ClassificationModule.model_inputs(batch)
 
 
-def functional_logits(model: torch.nn.Module, params: dict, batch: dict, classes: Sequence[int]) -> torch.Tensor:
-    """The model's logits for the episode's classes, with ``params`` in place of (some of) its parameters."""
+def functional_logits(model: torch.nn.Module, params: dict, batch: dict, slots: Sequence[int]) -> torch.Tensor:
+    """The model's logits at the episode's head ``slots`` (column i = slot ``slots[i]``, the logit of the episode's
+    i-th class), with ``params`` in place of (some of) its parameters."""
     output = functional_call(model, params, args=(), kwargs=_inputs(batch))
     logits = output.logits if hasattr(output, "logits") else output
-    return logits.float()[:, list(classes)]
+    return logits.float()[:, list(slots)]
+
+
+def output_layer_names(model: torch.nn.Module, num_labels: int, among: Sequence[str]) -> list[str]:
+    """Parameter names (weight, bias) of the classifier's output layer: the last ``nn.Linear`` with ``num_labels``
+    outputs whose weight is in ``among`` (the adapted parameters; BERT/MiniLM: ``classifier``)."""
+    among = set(among)
+    found = None
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels and prefix + "weight" in among:
+            found = [prefix + n for n, _ in module.named_parameters(recurse=False) if prefix + n in among]
+    if found is None:
+        raise ConfigError(
+            f"strategy.head_init=zero resets the classifier's output layer, but no Linear layer with {num_labels} "
+            "outputs is among the adapted parameters (check strategy.adapt_prefixes)"
+        )
+    return found
+
+
+def zero_head(params: dict[str, torch.Tensor], head_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``params`` with the ``head_names`` tensors replaced by zeros (new leaves the inner loop differentiates)."""
+    return {n: torch.zeros_like(t).requires_grad_(True) if n in head_names else t for n, t in params.items()}
 
 
 def adapt(
@@ -105,18 +176,21 @@ def adapt(
     inner_lr: float,
     steps: int,
     second_order: bool = False,
+    slots: Sequence[int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """``steps`` SGD steps on the episode loss of ``batch``, functionally: returns new (fast) tensors and the loss
     before each step; ``params`` and the model's own parameters are left untouched.
 
-    ``second_order=False``: each inner gradient is a constant, so the fast weights depend on ``params`` through the
-    identity only (first-order MAML). ``True``: the graph runs through the inner gradients (full MAML).
+    Targets are positions in ``classes``; logits are read at ``slots`` (the episode's head slots; None: the classes'
+    own slots). ``second_order=False``: each inner gradient is a constant, so the fast weights depend on ``params``
+    through the identity only (first-order MAML). ``True``: the graph runs through the inner gradients (full MAML).
     """
+    slots = classes if slots is None else slots
     targets = episode_targets(batch["labels"], classes)
     fast = dict(params)
     losses = []
     for _ in range(steps):
-        loss = F.cross_entropy(functional_logits(model, fast, batch, classes), targets)
+        loss = F.cross_entropy(functional_logits(model, fast, batch, slots), targets)
         grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order, allow_unused=True)
         fast = {
             name: tensor if grad is None else tensor - inner_lr * grad
@@ -155,19 +229,28 @@ def meta_evaluate(
     inner_steps: int = 5,
     seed: int = 0,
     adapt_names: Sequence[str] | None = None,
+    permute_labels: bool = False,
+    head_init: str = "keep",
 ) -> dict:
     """Few-shot accuracy on held-out data: per episode, adapt a copy of the weights on the support set, score the
     query set (N-way, chance = 1/N). Returns mean accuracy, its 95% CI half-width and the per-episode accuracies.
 
     ``dataset[i]`` gives ``{"input_ids", "labels", "index"}`` items (a :class:`TokenizedDataset`); ``model`` is left
-    unchanged (adaptation is functional). Usable from any measurement script.
+    unchanged (adaptation is functional). Usable from any measurement script. ``adapt_names``: the parameters adapted
+    (None: every trainable one). ``permute_labels``: random class->head-slot assignment per episode (see
+    :class:`EpisodeSampler`; the same seed gives the same episodes and slots for every model with the same head size).
+    ``head_init="zero"``: the output layer starts each episode at zero in the fast weights.
     """
+    check_episode_options(permute_labels, head_init)
     labels = [int(dataset[i]["labels"]) for i in range(len(dataset))]
-    sampler = EpisodeSampler(labels, n_way, k_shot, query_per_class, seed)
+    num_slots = getattr(getattr(model, "config", None), "num_labels", None)
+    sampler = EpisodeSampler(labels, n_way, k_shot, query_per_class, seed, permute_labels, num_slots)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout at evaluation, as in ordinary evaluation
     names = set(adapt_names) if adapt_names is not None else None
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad and (names is None or n in names)}
+    head = output_layer_names(model, sampler.num_slots, named) if head_init == "zero" else []
     accuracies = []
     try:
         with torch.inference_mode(False), torch.enable_grad():
@@ -175,14 +258,10 @@ def meta_evaluate(
                 episode = sampler.sample(episode_index)
                 support = _to(collate([dataset[i] for i in episode.support]), device)
                 query = _to(collate([dataset[i] for i in episode.query]), device)
-                params = {
-                    n: p.detach().clone().requires_grad_(True)
-                    for n, p in model.named_parameters()
-                    if p.requires_grad and (names is None or n in names)
-                }
-                fast, _ = adapt(model, params, support, episode.classes, inner_lr, inner_steps)
+                params = zero_head({n: p.detach().clone().requires_grad_(True) for n, p in named.items()}, head)
+                fast, _ = adapt(model, params, support, episode.classes, inner_lr, inner_steps, slots=episode.slots)
                 with torch.no_grad():
-                    preds = functional_logits(model, fast, query, episode.classes).argmax(dim=-1)
+                    preds = functional_logits(model, fast, query, episode.slots).argmax(dim=-1)
                 targets = episode_targets(query["labels"], episode.classes)
                 accuracies.append(float((preds == targets).float().mean()))
     finally:
@@ -195,6 +274,8 @@ def meta_evaluate(
         "episodes": episodes,
         "inner_lr": inner_lr,
         "inner_steps": inner_steps,
+        "permute_labels": bool(permute_labels),
+        "head_init": head_init,
         "accuracy": mean,
         "ci95": half_width,
         "chance": 1.0 / n_way,
@@ -213,30 +294,30 @@ def meta_evaluate_run(
     inner_steps: int = 5,
     seed: int = 0,
     data_dir: str | None = None,
+    permute_labels: bool = False,
+    head_init: str = "keep",
 ) -> dict:
     """:func:`meta_evaluate` on a finished run: its exported ``<run>/model`` and its ``split`` rebuilt from the run's
     ``config.yaml`` (same source, seed and sizes as the run)."""
-    import json
     from pathlib import Path
-
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from agnews.data.batching import DynamicPaddingCollator, TokenizedDataset
     from agnews.data.tokenization import tokenize_texts
     from agnews.evaluation.robustness import load_split
+    from agnews.models.exported import load_classifier
 
-    model_dir = Path(run_dir) / "model"
-    info_path = model_dir / "agnews_model.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    loaded = load_classifier(Path(run_dir) / "model")
+    model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
     data = load_split(Path(run_dir), split, data_dir)
-    dataset = TokenizedDataset(tokenize_texts(tokenizer, data.texts, int(info.get("max_length", 128))), data.labels)
+    dataset = TokenizedDataset(tokenize_texts(tokenizer, data.texts, loaded.max_length), data.labels)
     collate = DynamicPaddingCollator(
         tokenizer.pad_token_id, info.get("padding_side", tokenizer.padding_side),
         global_attention_first_token=bool(info.get("global_attention_first_token", False)),
     )
-    report = meta_evaluate(model, dataset, collate, n_way, k_shot, query_per_class, episodes, inner_lr, inner_steps, seed)
+    report = meta_evaluate(
+        model, dataset, collate, n_way, k_shot, query_per_class, episodes, inner_lr, inner_steps, seed,
+        permute_labels=permute_labels, head_init=head_init,
+    )
     return {"run": str(run_dir), "split": split, **report}
 
 
@@ -255,9 +336,12 @@ class MetaLearningModule(ClassificationModule):
         inner_steps: int = 3,
         episodes_per_epoch: int | None = None,
         adapt_prefixes: Sequence[str] | None = None,
+        permute_labels: bool = True,
+        head_init: str = "keep",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        check_episode_options(permute_labels, head_init)
         if meta_batch_size < 1 or inner_steps < 1:
             raise ConfigError(f"strategy.meta_batch_size and inner_steps must be >= 1, got {meta_batch_size}, {inner_steps}")
         if n_way > len(self.label_names):
@@ -275,6 +359,10 @@ class MetaLearningModule(ClassificationModule):
         ]
         if not self.adapt_names:
             raise ConfigError(f"strategy.adapt_prefixes={list(adapt_prefixes)} matches no trainable parameter")
+        self.permute_labels, self.head_init = bool(permute_labels), head_init
+        self.head_names = (
+            output_layer_names(self.model, len(self.label_names), self.adapt_names) if head_init == "zero" else []
+        )
         self.sampler: EpisodeSampler | None = None
         self._step_key = (0, 0)
 
@@ -296,7 +384,10 @@ class MetaLearningModule(ClassificationModule):
     def attach_data(self, dataset, collate) -> None:
         """The training pool episodes are drawn from (``setup`` passes the datamodule's training split)."""
         self.train_pool, self.collate = dataset, collate
-        self.sampler = EpisodeSampler(dataset.labels, self.n_way, self.k_shot, self.query_per_class, self.seed)
+        self.sampler = EpisodeSampler(
+            dataset.labels, self.n_way, self.k_shot, self.query_per_class, self.seed, self.permute_labels,
+            num_slots=len(self.label_names),
+        )
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
@@ -312,10 +403,14 @@ class MetaLearningModule(ClassificationModule):
         named = dict(self.model.named_parameters())
         return {name: named[name] for name in self.adapt_names}
 
+    def fast_start(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inner loop's starting weights: ``params``, with the output layer zeroed when ``head_init=zero``."""
+        return zero_head(params, self.head_names) if self.head_names else params
+
     def meta_evaluate(self, dataset, collate, episodes: int = 100, inner_steps: int | None = None, seed: int = 0) -> dict:
         return meta_evaluate(
             self.model, dataset, collate, self.n_way, self.k_shot, self.query_per_class, episodes,
-            self.inner_lr, inner_steps or self.inner_steps, seed, self.adapt_names,
+            self.inner_lr, inner_steps or self.inner_steps, seed, self.adapt_names, self.permute_labels, self.head_init,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -332,21 +427,25 @@ class MAML(MetaLearningModule):
         super().__init__(*args, **kwargs)
         self.second_order = bool(second_order)
 
-    def task_query_loss(self, support: dict, query: dict, classes: Sequence[int]) -> tuple[torch.Tensor, list[float]]:
+    def task_query_loss(
+        self, support: dict, query: dict, classes: Sequence[int], slots: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, list[float]]:
+        slots = classes if slots is None else slots
         # Fused attention kernels (flash / memory-efficient SDPA) have no double backward: second-order MAML runs
         # attention on the math path, which is built from differentiable ops.
         with sdpa_kernel([SDPBackend.MATH]) if self.second_order else contextlib.nullcontext():
             fast, inner_losses = adapt(
-                self.model, self.meta_parameters(), support, classes, self.inner_lr, self.inner_steps, self.second_order
+                self.model, self.fast_start(self.meta_parameters()), support, classes, self.inner_lr,
+                self.inner_steps, self.second_order, slots,
             )
-            logits = functional_logits(self.model, fast, query, classes)
+            logits = functional_logits(self.model, fast, query, slots)
         return F.cross_entropy(logits, episode_targets(query["labels"], classes)), inner_losses
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         losses, before = [], []
         for task in range(self.meta_batch_size):
             episode, support, query = self.episode_batches(task)
-            loss, inner = self.task_query_loss(support, query, episode.classes)
+            loss, inner = self.task_query_loss(support, query, episode.classes, episode.slots)
             losses.append(loss)
             before.append(inner[0])
         self.log("train/support_loss_before", sum(before) / len(before), batch_size=self.meta_batch_size)
@@ -361,11 +460,13 @@ class Reptile(MetaLearningModule):
     ``lr = meta_step``. Gradient clipping is skipped: clipping the displacement would shorten the configured step.
     """
 
-    def adapted_weights(self, batch: dict, classes: Sequence[int]) -> tuple[dict[str, torch.Tensor], list[float]]:
-        fast = {n: p.detach().clone().requires_grad_(True) for n, p in self.meta_parameters().items()}
+    def adapted_weights(
+        self, batch: dict, classes: Sequence[int], slots: Sequence[int] | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        fast = self.fast_start({n: p.detach().clone().requires_grad_(True) for n, p in self.meta_parameters().items()})
         losses = []
         for _ in range(self.inner_steps):
-            fast, step_losses = adapt(self.model, fast, batch, classes, self.inner_lr, 1)
+            fast, step_losses = adapt(self.model, fast, batch, classes, self.inner_lr, 1, slots=slots)
             fast = {n: t.detach().requires_grad_(True) for n, t in fast.items()}
             losses.extend(step_losses)
         return {n: t.detach() for n, t in fast.items()}, losses
@@ -377,7 +478,7 @@ class Reptile(MetaLearningModule):
         for task in range(self.meta_batch_size):
             episode = self.sampler.sample(*self._step_key, task)
             both = self.collate([self.train_pool[i] for i in episode.support + episode.query])
-            fast, losses = self.adapted_weights(_to(both, self.device), episode.classes)
+            fast, losses = self.adapted_weights(_to(both, self.device), episode.classes, episode.slots)
             for n in target:
                 target[n] += fast[n] / self.meta_batch_size
             last_losses.append(losses[-1])

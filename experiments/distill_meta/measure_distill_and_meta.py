@@ -1,23 +1,30 @@
-"""Distillation and meta-learning on AG News, measured on 2 CPU cores (one seed).
+"""Distillation and meta-learning on AG News, measured on 2 CPU cores (one seed). Two parts, run together or apart
+(``--parts distill meta``); a part not run keeps its previous results from ``<out-dir>/results.json``.
 
-(1) Distillation. Teacher: a finished quickstart run (all-MiniLM-L6-v2, 6 layers, 12,000 rows). Students: the same
-    pretrained MiniLM cut to 3 of its 6 layers (strategy.student_layers=3 keeps layers 0, 2, 4), trained for one epoch
-    on ``--train-rows`` rows (max length 64, bf16-mixed, quickstart optimiser)
+(1) Distillation. Teacher: a finished quickstart run (all-MiniLM-L6-v2, 6 layers, 12,000 rows); when the default
+    teacher directory is missing it is built first with ``python -m agnews.train experiment=quickstart
+    hydra.run.dir=<workdir>/teacher`` (~5 min on 2 cores). Students: the same pretrained MiniLM cut to 3 of its 6 layers
+    (strategy.student_layers=3 keeps layers 0, 2, 4), trained for one epoch on ``--distill-train-rows`` rows (default
+    12,000, the teacher's own; max length 64, bf16-mixed, quickstart optimiser)
       * ``distill``: strategy=distill on the teacher (kd_weight 0.5, ce_weight 0.5, T=2, the YAML defaults);
       * ``no-teacher``: the same command with kd_weight=0, ce_weight=1 (pure cross-entropy on the gold labels: plain
         fine-tuning, the same layer cut, the same rows, batches and steps; the teacher's cached outputs are unused).
     Test accuracy: the runs' own metrics.json (full 7,600-row test split). Inference speed: this process scores the
     full test split with teacher and distilled student, same batch size (256, length-sorted batches), bf16 autocast,
     torch.inference_mode, 2 threads; examples/s excludes tokenisation, includes collation.
-(2) Meta-learning. A first-order MAML run (and Reptile when the time budget allows) meta-trains the pretrained
-    MiniLM for ``--meta-steps`` outer steps on 4-way K-shot episodes from the training split. Baseline: plain
-    fine-tuning from the same starting point (pretrained encoder + the same seeded random head as the meta runs start
-    from, built with seed 42 exactly as the pipeline builds it). Every arm is evaluated with
-    agnews.strategies.meta.meta_evaluate on the SAME episodes (same seed) drawn from the held-out test split: per
-    episode SGD for ``--inner-steps`` steps at ``--inner-lr`` on the K-shot support set, then query accuracy;
-    mean ± 95% CI (1.96 s/sqrt(episodes)). The "0 steps" column scores the query set without adapting.
+(2) Meta-learning, label-permuted 4-way K-shot episodes (each episode reads its classes at the head's slots in a
+    seeded random order, so no arm can score above chance without adapting). First-order MAML and Reptile meta-train
+    the pretrained MiniLM for ``--meta-steps`` outer steps on ``--meta-train-rows`` training rows with
+    strategy.permute_labels=true. Baseline: plain fine-tuning from the same starting point (pretrained encoder + the
+    same seeded random head the meta runs start from, built with seed 42 exactly as the pipeline builds it).
+    Per arm, the adaptation (all parameters at each lr of ``--lr-grid``, head only at each lr of ``--head-lr-grid``;
+    ``--eval-steps`` SGD steps for every candidate) is chosen by mean query accuracy on ``--tune-episodes`` K=``--tune-k``
+    episodes from the validation split the meta runs held out. Every arm is then evaluated with its chosen adaptation
+    on the SAME ``--episodes`` episodes (same seed, same class->slot assignments) per K drawn from the held-out test
+    split, with the same number of steps; mean ± 95% CI (1.96 s/sqrt(episodes)). The "0 steps" column scores the same
+    query sets without adapting (chance, 25%, is the sanity check that no fixed label mapping is memorised).
 
-    .venv/bin/python experiments/distill_meta/measure_distill_and_meta.py [--deadline 09:18] [--smoke]
+    .venv/bin/python experiments/distill_meta/measure_distill_and_meta.py [--parts distill meta] [--deadline 09:18] [--smoke]
 """
 
 from __future__ import annotations
@@ -35,10 +42,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_TEACHER = REPO / "outputs/quickstart/runs/2026-12-01_06-52-48"
+PLAIN = "plain fine-tuning"
 
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (portable commands), else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def cpu_name() -> str:
@@ -63,11 +77,13 @@ class Budget:
 
 
 def run_cli(name: str, overrides: list[str], workdir: Path, budget: Budget, results: dict) -> dict:
+    """``python -m agnews.train experiment=quickstart hydra.run.dir=<workdir>/<name> <overrides>`` in a subprocess
+    (offline hub, the work directory's cache); the command is recorded exactly as run."""
     run_dir = workdir / name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(workdir / "cache")}
-    command = [sys.executable, "-m", "agnews.train", "experiment=quickstart", f"hydra.run.dir={run_dir}", *overrides]
-    shown = " ".join(["python -m agnews.train experiment=quickstart", *overrides])
-    entry = {"name": name, "command": shown, "run_dir": str(run_dir.relative_to(REPO))}
+    command = [sys.executable, "-m", "agnews.train", "experiment=quickstart", f"hydra.run.dir={rel(run_dir)}", *overrides]
+    shown = " ".join(["python -m agnews.train experiment=quickstart", f"hydra.run.dir={rel(run_dir)}", *overrides])
+    entry = {"name": name, "command": shown, "run_dir": rel(run_dir)}
     timeout = None if budget.deadline is None else max(5.0, budget.left() - 5)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -127,7 +143,7 @@ def score_split(model_dir: Path, texts: list[str], labels: list[int], batch_size
         elapsed = time.perf_counter() - start
     accuracy = float((preds == torch.tensor(labels)).float().mean())
     return {
-        "model_dir": str(model_dir.relative_to(REPO)) if model_dir.is_relative_to(REPO) else str(model_dir),
+        "model_dir": rel(model_dir),
         "layers": model.config.num_hidden_layers,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(texts),
@@ -142,7 +158,7 @@ def measure_speed(teacher: Path, student: Path, batch_size: int, max_rows: int |
 
     from agnews.evaluation.robustness import load_split
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))  # 2 cores; fewer when the caller says so
     test = load_split(teacher, "test")
     texts, labels = list(test.texts), list(test.labels)
     if max_rows:
@@ -158,11 +174,55 @@ def measure_speed(teacher: Path, student: Path, batch_size: int, max_rows: int |
     results["speed"] = out
 
 
-# ---- meta-evaluation ---------------------------------------------------------------------------------------------------
-class MetaEval:
-    """The held-out pool (test split, tokenised once with the MiniLM tokenizer) and the seed-42 starting model."""
+# ---- part 1: distillation -----------------------------------------------------------------------------------------------
+SMOKE_EVAL = ["data.val_size=64", "evaluate.splits=[val]"]  # smoke runs: a small val split, no test scoring
 
-    def __init__(self, teacher: Path, max_length: int, max_rows: int | None):
+
+def ensure_teacher(args, workdir: Path, budget: Budget, results: dict) -> Path | None:
+    """The teacher run: ``--teacher`` when it has an exported model; the default one missing -> build it with the
+    quickstart recipe in ``<workdir>/teacher`` (in smoke mode on the smoke sizes)."""
+    teacher = args.teacher.resolve()
+    if (teacher / "model" / "config.json").is_file():
+        return teacher
+    if args.teacher != DEFAULT_TEACHER:
+        raise SystemExit(f"teacher {teacher} has no model/")
+    print(f"default teacher {rel(teacher)} is missing: building it (quickstart recipe)", flush=True)
+    entry = run_cli("teacher", ["data.train_size=128", *SMOKE_EVAL] if args.smoke else [], workdir, budget, results)
+    return workdir / "teacher" if entry.get("returncode") == 0 else None
+
+
+def run_distill(args, workdir: Path, budget: Budget, results: dict, save) -> None:
+    teacher = ensure_teacher(args, workdir, budget, results)
+    save()
+    if teacher is None:
+        return
+    tm = json.loads((teacher / "metrics.json").read_text())
+    tr = json.loads((teacher / "run.json").read_text())
+    results["teacher"] = {
+        "run_dir": rel(teacher), "test_accuracy": tm.get("test", {}).get("accuracy"),
+        "test_f1_macro": tm.get("test", {}).get("f1_macro"), "train_rows": tr["data"]["sizes"]["train"],
+        "global_step": tr["global_step"], "num_parameters": tr["model"]["num_parameters"],
+        "fit_s": tr["timings_s"]["fit"],
+    }
+    rows = 128 if args.smoke else args.distill_train_rows
+    common = [f"data.train_size={rows}", "trainer.max_epochs=1", *(SMOKE_EVAL if args.smoke else [])]
+    student = ["strategy=distill", f"strategy.teacher={rel(teacher)}", "strategy.student_layers=3"]
+    distill = run_cli("distill", [*student, *common], workdir, budget, results)
+    save()
+    if not args.smoke:
+        run_cli("no_teacher", [*student, "strategy.kd_weight=0", "strategy.ce_weight=1", *common], workdir, budget, results)
+        save()
+    if distill.get("returncode") == 0:
+        measure_speed(teacher, workdir / "distill", 256, 512 if args.smoke else None, results)
+        save()
+
+
+# ---- part 2: meta-learning ----------------------------------------------------------------------------------------------
+class MetaEval:
+    """Episode pools, tokenised once with the MiniLM tokenizer: the held-out test split and the validation split the
+    meta-training runs hold out (the same overrides, so the same rows); and the seed-42 starting model."""
+
+    def __init__(self, data_overrides: list[str], max_test_rows: int | None):
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
@@ -170,19 +230,26 @@ class MetaEval:
 
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            self.cfg = compose("train", overrides=["experiment=quickstart"])
+            self.cfg = compose("train", overrides=["experiment=quickstart", *data_overrides])
         GlobalHydra.instance().clear()
 
         from agnews.data.batching import DynamicPaddingCollator, TokenizedDataset
+        from agnews.data.sources import load_source
+        from agnews.data.splits import make_splits
         from agnews.data.tokenization import tokenize_texts
-        from agnews.evaluation.robustness import load_split
 
+        d = self.cfg.data
+        raw = load_source(d.source, d.data_dir, list(d.label_names), d.get("on_bad_rows", "fail"),
+                          d.get("hub_dataset", "fancyzhx/ag_news"), d.get("hub_revision"))
+        splits = {"test": raw["test"],  # the same 7,600 rows the teacher and students are scored on
+                  "val": make_splits(raw["train"], raw["test"], d.val_size, d.train_size, d.seed)["val"]}
         bundle = self.baseline_bundle()
-        test = load_split(teacher, "test")  # the same 7,600 rows the teacher and students are scored on
-        texts, labels = list(test.texts), list(test.labels)
-        if max_rows:
-            texts, labels = texts[:max_rows], labels[:max_rows]
-        self.dataset = TokenizedDataset(tokenize_texts(bundle.tokenizer, texts, max_length), labels)
+        self.pools = {}
+        for name, split in splits.items():
+            texts, labels = list(split.texts), list(split.labels)
+            if name == "test" and max_test_rows:
+                texts, labels = texts[:max_test_rows], labels[:max_test_rows]
+            self.pools[name] = TokenizedDataset(tokenize_texts(bundle.tokenizer, texts, int(d.max_length)), labels)
         self.collate = DynamicPaddingCollator(bundle.tokenizer.pad_token_id, bundle.padding_side)
 
     def baseline_bundle(self):
@@ -193,24 +260,50 @@ class MetaEval:
         L.seed_everything(int(self.cfg.seed), workers=True)
         return instantiate(self.cfg.model, label_names=list(self.cfg.data.label_names))
 
-    def evaluate_k(self, model, k, episodes, query, inner_lr, inner_steps, seed) -> dict:
-        """One K: adapted (inner_steps) and unadapted (0 steps) query accuracy on the same seeded episodes."""
+    def episodes(self, model, split, k, episodes, query, candidate, steps, head_init, seed) -> dict:
+        """meta_evaluate on ``split`` with one adaptation candidate ({"adapt": "all"|"head", "lr"}), bf16 autocast."""
         import torch
 
-        from agnews.strategies.meta import meta_evaluate
+        from agnews.strategies.meta import meta_evaluate, output_layer_names
 
+        names = None
+        if candidate["adapt"] == "head":
+            names = output_layer_names(model, model.config.num_labels, [n for n, _ in model.named_parameters()])
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            adapted = meta_evaluate(model, self.dataset, self.collate, 4, k, query, episodes, inner_lr, inner_steps, seed)
-            zero = meta_evaluate(model, self.dataset, self.collate, 4, k, query, episodes, inner_lr, 0, seed)
+            report = meta_evaluate(model, self.pools[split], self.collate, 4, k, query, episodes, candidate["lr"], steps,
+                                   seed, names, permute_labels=True, head_init=head_init)
+        report["seconds"] = round(time.perf_counter() - start, 2)
+        return report
+
+    def tune(self, model, candidates, k, episodes, query, steps, head_init) -> dict:
+        """Every candidate on the same validation episodes (seed 1); the best mean accuracy wins (ties: the first)."""
+        grid = []
+        for candidate in candidates:
+            r = self.episodes(model, "val", k, episodes, query, candidate, steps, head_init, seed=1)
+            grid.append({**candidate, "accuracy": round(r["accuracy"], 4), "ci95": round(r["ci95"], 4),
+                         "seconds": r["seconds"]})
+            print(f"  val K={k} {candidate['adapt']} lr {candidate['lr']}: {r['accuracy']:.3f} ± {r['ci95']:.3f} "
+                  f"in {r['seconds']} s", flush=True)
+        best = max(grid, key=lambda g: g["accuracy"])
+        return {"k": k, "episodes": episodes, "grid": grid, "chosen": {"adapt": best["adapt"], "lr": best["lr"]},
+                "seconds": round(sum(g["seconds"] for g in grid), 1)}
+
+    def evaluate_k(self, model, k, episodes, query, candidate, steps, head_init) -> dict:
+        """One K on the test split (seed 0: the same episodes and slot assignments for every arm): adapted with the
+        arm's chosen candidate, and unadapted (0 steps)."""
+        adapted = self.episodes(model, "test", k, episodes, query, candidate, steps, head_init, seed=0)
+        zero = self.episodes(model, "test", k, episodes, query, candidate, 0, head_init, seed=0)
         out = {
             "accuracy": round(adapted["accuracy"], 4), "ci95": round(adapted["ci95"], 4),
             "accuracy_0_steps": round(zero["accuracy"], 4), "ci95_0_steps": round(zero["ci95"], 4),
-            "episodes": episodes, "query_per_class": query, "inner_lr": inner_lr, "inner_steps": inner_steps,
+            "episodes": episodes, "query_per_class": query, **candidate, "inner_steps": steps,
             "episode_accuracies": [round(a, 4) for a in adapted["episode_accuracies"]],
-            "seconds": round(time.perf_counter() - start, 1),
+            "s_per_episode_adapted": round(adapted["seconds"] / episodes, 2),
+            "s_per_episode_0_steps": round(zero["seconds"] / episodes, 2),
+            "seconds": round(adapted["seconds"] + zero["seconds"], 1),
         }
-        print(f"  K={k}: {out['accuracy']:.3f} ± {out['ci95']:.3f} (0 steps {out['accuracy_0_steps']:.3f}) "
+        print(f"  test K={k}: {out['accuracy']:.3f} ± {out['ci95']:.3f} (0 steps {out['accuracy_0_steps']:.3f}) "
               f"in {out['seconds']} s", flush=True)
         return out
 
@@ -221,18 +314,164 @@ def load_exported(run_dir: Path):
     return AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
 
 
+def run_meta(args, workdir: Path, budget: Budget, results: dict, save) -> None:
+    part = results["parts"]["meta"]
+    rows = 128 if args.smoke else args.meta_train_rows
+    val_rows = 64 if args.smoke else args.meta_val_rows
+    steps = 2 if args.smoke else args.meta_steps
+    shots = [4] if args.smoke else args.shots
+    episodes = 1 if args.smoke else args.episodes
+    tune_episodes = 1 if args.smoke else args.tune_episodes
+    tune_k = 4 if args.smoke else args.tune_k
+    eval_steps = args.eval_steps if args.eval_steps is not None else args.inner_steps
+    candidates = [{"adapt": "all", "lr": lr} for lr in args.lr_grid]
+    candidates += [{"adapt": "head", "lr": lr} for lr in args.head_lr_grid]
+    data = [f"data.train_size={rows}", f"data.val_size={val_rows}"]
+    meta_common = [
+        *data, "evaluate.splits=[val]", "trainer.max_epochs=1", "strategy.n_way=4", f"strategy.k_shot={args.meta_k}",
+        f"strategy.query_per_class={args.meta_k}", "strategy.meta_batch_size=2",
+        f"strategy.inner_steps={args.inner_steps}", f"strategy.inner_lr={args.inner_lr}",
+        f"strategy.episodes_per_epoch={steps}", "strategy.permute_labels=true", f"strategy.head_init={args.head_init}",
+    ]
+    part["setup"] = {
+        "meta_train_rows": rows, "meta_val_rows": val_rows, "meta_steps": steps, "meta_k": args.meta_k,
+        "meta_inner_steps": args.inner_steps, "meta_inner_lr": args.inner_lr, "head_init": args.head_init,
+        "shots": shots, "episodes": episodes, "query": args.query, "eval_steps": eval_steps,
+        "tune_k": tune_k, "tune_episodes": tune_episodes, "candidates": candidates,
+    }
+    evaluator = MetaEval(data, 1024 if args.smoke else None)
+    part["setup"]["test_rows"] = len(evaluator.pools["test"])
+    part["setup"]["val_rows_used"] = len(evaluator.pools["val"])
+    models = {PLAIN: evaluator.baseline_bundle().model}
+    arms = results["meta"] = {PLAIN: {"command": None, "train_wall_s": 0, "tuning": None, "eval": {}}}
+    save()
+
+    def meta_train(name: str, extra: list[str]) -> None:
+        entry = run_cli(name, [f"strategy={name}", *extra, *meta_common], workdir, budget, results)
+        arms[name] = {"command": entry["command"], "train_wall_s": entry["wall_s"], "tuning": None, "eval": {},
+                      "val_accuracy_4way": entry.get("metrics", {}).get("val", {}).get("accuracy")}
+        if entry.get("returncode") == 0:
+            arms[name]["s_per_meta_step"] = round(entry["phases_s"]["fit"] / max(1, entry["global_step"]), 2)
+            models[name] = load_exported(workdir / name)
+        save()
+
+    cost: dict = {}  # seconds of the calls so far: "tune", and per K
+
+    def fits(estimate: float, what: str) -> bool:
+        if budget.left() >= 1.1 * estimate + 5:
+            return True
+        part["notes"].append(
+            f"{what} skipped: {budget.left():.0f} s left before the deadline, estimated {estimate:.0f} s.")
+        return False
+
+    def tune_and_evaluate(arm: str) -> None:
+        """The arm's adaptation chosen on val episodes, then every K on the test episodes; a call that would not end
+        before the deadline (estimated from the calls so far, cost ~ proportional to K) is skipped and noted."""
+        if arm not in models:
+            return
+        if not fits(cost.get("tune", 0.0), f"{arm}: tuning"):
+            return
+        print(f"[{now_utc():%H:%M:%S}] tune {arm}", flush=True)
+        arms[arm]["tuning"] = tuning = evaluator.tune(models[arm], candidates, tune_k, tune_episodes, args.query,
+                                                      eval_steps, args.head_init)
+        cost["tune"] = tuning["seconds"]
+        save()
+        for k in shots:
+            estimate = cost.get(k) or max((t * k / kk for kk, t in cost.items() if kk != "tune"), default=0.0)
+            if not fits(estimate, f"{arm} K={k}"):
+                continue
+            print(f"[{now_utc():%H:%M:%S}] test {arm} K={k} ({tuning['chosen']})", flush=True)
+            arms[arm]["eval"][str(k)] = result = evaluator.evaluate_k(
+                models[arm], k, episodes, args.query, tuning["chosen"], eval_steps, args.head_init)
+            cost[k] = result["seconds"]
+            save()
+
+    start = time.perf_counter()
+    meta_train("maml", [])
+    tune_and_evaluate(PLAIN)
+    tune_and_evaluate("maml")
+    maml_s = time.perf_counter() - start - (arms[PLAIN]["tuning"] or {}).get("seconds", 0) - sum(
+        v["seconds"] for v in arms[PLAIN]["eval"].values())
+    if args.reptile == "yes" or (args.reptile == "auto" and budget.left() > 1.15 * maml_s + 10):
+        # quickstart's AdamW lr 1e-4 and warmup schedule would replace Reptile's meta step: restore its YAML values.
+        meta_train("reptile", ["strategy.optimizer.lr=0.5", "strategy.scheduler=null"])
+        tune_and_evaluate("reptile")
+    elif args.reptile == "no":
+        part["notes"].append("Reptile not run (--reptile no).")
+    else:
+        part["notes"].append(f"Reptile skipped: {budget.left():.0f} s left before the deadline; MAML (train, tuning "
+                             f"and test episodes) took {maml_s:.0f} s.")
+
+
 # ---- report -------------------------------------------------------------------------------------------------------------
+DISTILL_NOTES = [
+    "No-teacher student = strategy=distill with kd_weight=0, ce_weight=1: pure gold-label cross-entropy with the same "
+    "layer cut (0, 2, 4), rows, batch order and steps as the distilled student. strategy=standard has no layer-cut "
+    "option (model.config_overrides.num_hidden_layers=3 would keep layers 0, 1, 2 instead).",
+    "The teacher's fit time is that run's own record (a quiet quickstart fit is ~225 s on 2 cores, "
+    "experiments/quickstart/RESULTS.md).",
+]
+META_NOTES = [
+    "Label-permuted episodes (strategy.permute_labels=true in meta-training; permute_labels=True in meta_evaluate): "
+    "each episode reads its 4 classes at the head's 4 slots in a seeded random order, so a fixed class->slot mapping "
+    "learnt by any arm is useless on an episode and the '0 steps' columns should sit at chance (25%); only adaptation "
+    "on the K-shot support set can lift an arm above it. The test episodes (seed 0) and their slot assignments are the "
+    "same for every arm; the tuning episodes (seed 1) come from the validation split the meta-training runs hold out "
+    "(never trained on), the test episodes from the test split (held out from all training here).",
+    "Plain fine-tuning and the meta-learners start from the same weights: pretrained all-MiniLM-L6-v2 plus the "
+    "classifier head initialised under seed 42, exactly as pipeline.train builds the model before fitting. Every arm "
+    "gets the same number of SGD steps per episode; only its adaptation (all parameters or head only, and the inner "
+    "learning rate) is chosen, per arm, on the validation episodes, from the same candidate grid.",
+    "'4-way val accuracy' of a meta-trained run is the ordinary fixed-mapping accuracy of its exported model (class c at "
+    "slot c, no adaptation); with permuted episodes the head is not trained to that mapping, so it says nothing about "
+    "few-shot adaptation.",
+    "Tuning picks the best of several candidates on few episodes: its own val accuracy is optimistic; the test "
+    "columns are the unbiased estimate.",
+]
+
+
 def write(results: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "RESULTS.md").write_text(render(results))
+
+
+def carry_over(previous: dict, results: dict, parts: list[str]) -> None:
+    """Keep the results of the parts this invocation does not run from the previous results.json (and its command).
+    The meta-learning results of the old fixed-label-mapping protocol (files without "parts") are not carried."""
+    if "distill" not in parts and ("parts" in previous and "distill" in previous["parts"] or "teacher" in previous):
+        results["parts"]["distill"] = previous.get("parts", {}).get("distill") or {
+            "command": previous["command"], "started_at": previous["started_at"],
+            "finished_at": previous.get("finished_at"), "train_rows": previous["args"]["train_rows"], "notes": [],
+        }
+        for key in ("teacher", "speed"):
+            if key in previous:
+                results[key] = previous[key]
+        for name in ("teacher", "distill", "no_teacher"):
+            if name in previous.get("runs", {}):
+                results["runs"][name] = previous["runs"][name]
+    if "meta" not in parts and "meta" in previous.get("parts", {}):
+        results["parts"]["meta"] = previous["parts"]["meta"]
+        results["meta"] = previous["meta"]
+        for name in ("maml", "reptile"):
+            if name in previous.get("runs", {}):
+                results["runs"][name] = previous["runs"][name]
 
 
 def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
+def cell(acc, ci) -> str:
+    return f"{100 * acc:.1f} ± {100 * ci:.1f}"
+
+
+def produced_by(part: dict) -> str:
+    return (f"Produced by `{part['command']}` ({part['started_at']} -> {part.get('finished_at') or 'unfinished'}"
+            + (f", {part['wall_s']} s" if part.get("wall_s") is not None else "") + ").")
+
+
 def render(r: dict) -> str:
-    a = r["args"]
     lines = [
         "# Distillation and meta-learning: measurements",
         "",
@@ -240,21 +479,37 @@ def render(r: dict) -> str:
         f"- Command: `{r['command']}`",
         f"- CPU: {r['cpu']}, {r['cpu_count']} cores, no GPU; torch {r['torch']}; load average (1/5/15 min) at start "
         f"{r['load_avg_start']}, at end {r.get('load_avg_end', 'n/a')}",
-        f"- Budget: one seed (42), {a['train_rows']} training rows for the students (1 epoch), "
-        f"{a['meta_steps']} meta-steps per meta-learner (meta-batch 2 tasks of 4-way {a['meta_k']}-shot, "
-        f"{a['meta_k']} query/class), {a['episodes']} evaluation episodes per K. "
-        "Single-seed numbers: differences within the CIs (and, for test accuracy, within about ±0.5 pp, "
-        "the seed-to-seed spread of the quickstart) are noise.",
+        "- One seed (42). Single-seed numbers: differences within the CIs (and, for test accuracy, within about "
+        "±0.5 pp, the seed-to-seed spread of the quickstart) are noise.",
+    ]
+    if "distill" in r["parts"]:
+        lines += render_distill(r)
+    if "meta" in r["parts"]:
+        lines += render_meta(r)
+    notes = [*(DISTILL_NOTES if "distill" in r["parts"] else []), *(META_NOTES if "meta" in r["parts"] else [])]
+    notes += [n for part in r["parts"].values() for n in part.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_distill(r: dict) -> list[str]:
+    part = r["parts"]["distill"]
+    lines = [
         "",
         "## 1. Distillation (test split, 7,600 rows unless stated)",
+        "",
+        f"{produced_by(part)} Students: {part.get('train_rows', 'n/a')} training rows, 1 epoch.",
         "",
         "| model | layers | params | train rows | steps | test acc % | test macro-F1 % | train wall s | command |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     t = r.get("teacher", {})
+    built = r["runs"].get("teacher")
+    source = f"`{built['command']}`" if built else f"`{t.get('run_dir', '')}`"
     lines.append(f"| teacher (quickstart run) | 6 | {t.get('num_parameters', 'n/a')} | {t.get('train_rows', 'n/a')} | "
                  f"{t.get('global_step', 'n/a')} | {pct(t.get('test_accuracy'))} | {pct(t.get('test_f1_macro'))} | "
-                 f"{t.get('fit_s', 'n/a')} (fit, that run) | `{t.get('run_dir', '')}` |")
+                 f"{t.get('fit_s', 'n/a')} (fit, that run) | {source} |")
     for name, label in (("distill", "student, distilled"), ("no_teacher", "student, no teacher (CE only)")):
         e = r["runs"].get(name)
         if not e:
@@ -281,170 +536,159 @@ def render(r: dict) -> str:
             lines.append(f"| {name} | {x['layers']} | {x['num_parameters']} | {x['seconds']} | {x['examples_per_s']} | "
                          f"{pct(x['accuracy'])} |")
         lines.append(f"\nStudent/teacher speed ratio: {s['speedup']}x.")
-    meta = r.get("meta", {})
-    if meta:
-        shots = a["shots"]
-        lines += [
-            "",
-            f"## 2. Meta-learning: 4-way K-shot episodes from the held-out test split",
-            "",
-            f"Adaptation (every arm): {a['inner_steps']} SGD steps at lr {a['inner_lr']} on the K-shot support set "
-            f"(all parameters), then accuracy on {a['query']} query examples per class; {a['episodes']} episodes per K, "
-            "the same episodes for every arm; mean % ± 95% CI half-width. bf16 autocast. "
-            "'0 steps' = the starting weights, not adapted (same episodes).",
-            "",
-            "| arm | " + " | ".join(f"K={k}" for k in shots) + " | " + " | ".join(f"K={k}, 0 steps" for k in shots)
-            + " | meta-train wall s |",
-            "|---|" + "---:|" * (2 * len(shots) + 1),
-        ]
-        for arm, info in meta.items():
-            ev = info.get("eval") or {}
-            cells = [f"{100 * ev[str(k)]['accuracy']:.1f} ± {100 * ev[str(k)]['ci95']:.1f}" if str(k) in ev else "n/a"
-                     for k in shots]
-            zero = [f"{100 * ev[str(k)]['accuracy_0_steps']:.1f} ± {100 * ev[str(k)]['ci95_0_steps']:.1f}"
-                    if str(k) in ev else "n/a" for k in shots]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " | " + " | ".join(zero) + f" | {info.get('train_wall_s', '-')} |")
-        lines.append("")
-        for arm, info in meta.items():
-            if info.get("command"):
-                lines.append(f"- {arm}: `{info['command']}` (4-way val accuracy of the exported model, 200 rows: "
-                             f"{pct(info.get('val_accuracy_4way'))} %)")
-    if r.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def candidate_name(c: dict) -> str:
+    return f"{c['adapt']} lr {c['lr']:g}"
+
+
+def render_meta(r: dict) -> list[str]:
+    part, meta = r["parts"]["meta"], r.get("meta", {})
+    s = part.get("setup")
+    if not s:
+        return ["", "## 2. Meta-learning", "", f"{produced_by(part)} No results."]
+    shots = s["shots"]
+    lines = [
+        "",
+        "## 2. Meta-learning: label-permuted 4-way K-shot episodes",
+        "",
+        f"{produced_by(part)} Meta-training: {s['meta_steps']} outer steps per meta-learner, meta-batch 2 tasks of "
+        f"4-way {s['meta_k']}-shot ({s['meta_k']} query/class), inner loop {s['meta_inner_steps']} SGD steps at lr "
+        f"{s['meta_inner_lr']:g}, strategy.permute_labels=true, head_init={s['head_init']}, {s['meta_train_rows']} "
+        f"training rows.",
+        "",
+        f"Adaptation at evaluation: {s['eval_steps']} SGD steps on the K-shot support set for every arm and K "
+        f"(head_init={s['head_init']}), then accuracy on {s['query']} query examples per class; bf16 autocast. "
+        f"Candidates: {'; '.join(candidate_name(c) for c in s['candidates'])} ('all': every parameter, 'head': the "
+        f"output layer only). Each arm's candidate is chosen on {s['tune_episodes']} validation episodes at "
+        f"K={s['tune_k']} (val split of {s['val_rows_used']} rows held out from meta-training), then used on "
+        f"{s['episodes']} test episodes per K ({s['test_rows']} test rows; the same episodes and class->slot "
+        "assignments for every arm). Mean % ± 95% CI half-width.",
+        "",
+        f"### Adaptation chosen on validation episodes (K={s['tune_k']}, mean query accuracy %)",
+        "",
+        "| arm | " + " | ".join(candidate_name(c) for c in s["candidates"]) + " | chosen |",
+        "|---|" + "---:|" * len(s["candidates"]) + "---|",
+    ]
+    for arm, info in meta.items():
+        t = info.get("tuning")
+        if t:
+            lines.append(f"| {arm} | " + " | ".join(cell(g["accuracy"], g["ci95"]) for g in t["grid"])
+                         + f" | {candidate_name(t['chosen'])} |")
+        else:
+            lines.append(f"| {arm} | " + " | ".join("n/a" for _ in s["candidates"]) + " | not tuned |")
+    lines += [
+        "",
+        "### Test episodes (held-out test split)",
+        "",
+        "| arm | adaptation | " + " | ".join(f"K={k}" for k in shots) + " | "
+        + " | ".join(f"K={k}, 0 steps" for k in shots) + " | meta-train wall s | fit s / meta-step |",
+        "|---|---|" + "---:|" * (2 * len(shots) + 2),
+    ]
+    for arm, info in meta.items():
+        ev = info.get("eval") or {}
+        adapted = [cell(ev[str(k)]["accuracy"], ev[str(k)]["ci95"]) if str(k) in ev else "n/a" for k in shots]
+        zero = [cell(ev[str(k)]["accuracy_0_steps"], ev[str(k)]["ci95_0_steps"]) if str(k) in ev else "n/a"
+                for k in shots]
+        chosen = candidate_name(info["tuning"]["chosen"]) if info.get("tuning") else "n/a"
+        lines.append(f"| {arm} | {chosen} | " + " | ".join(adapted) + " | " + " | ".join(zero)
+                     + f" | {info.get('train_wall_s', '-')} | {info.get('s_per_meta_step', '-')} |")
+    lines.append("")
+    for arm, info in meta.items():
+        if info.get("command"):
+            lines.append(f"- {arm}: `{info['command']}` (4-way val accuracy of the exported model, fixed class->slot "
+                         f"mapping, {s['meta_val_rows']} rows: {pct(info.get('val_accuracy_4way'))} %)")
+    timing = {}
+    for info in meta.values():
+        for k, e in (info.get("eval") or {}).items():
+            timing.setdefault(int(k), []).append((e["s_per_episode_adapted"], e["s_per_episode_0_steps"]))
+    if timing:
+        lines += ["", "Seconds per test episode (mean over arms; for sizing runs): " + "; ".join(
+            f"K={k}: {sum(a for a, _ in v) / len(v):.2f} adapted, {sum(z for _, z in v) / len(v):.2f} unadapted"
+            for k, v in sorted(timing.items())) + "."]
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
-    parser.add_argument("--train-rows", type=int, default=3000)
+    parser.add_argument("--parts", nargs="+", choices=["distill", "meta"], default=["distill", "meta"],
+                        help="what to run; a part not run keeps its results from <out-dir>/results.json")
+    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER,
+                        help="teacher run directory; the default one is built (quickstart recipe) when missing")
+    parser.add_argument("--distill-train-rows", type=int, default=12000, help="training rows of the students")
+    parser.add_argument("--meta-train-rows", "--train-rows", dest="meta_train_rows", type=int, default=3000,
+                        help="training rows the meta-learners draw episodes from (--train-rows: the old name)")
+    parser.add_argument("--meta-val-rows", type=int, default=200,
+                        help="validation split of the meta runs (held out from meta-training; the tuning episodes)")
     parser.add_argument("--meta-steps", type=int, default=30)
     parser.add_argument("--meta-k", type=int, default=4, help="K (support and query per class) of meta-training tasks")
+    parser.add_argument("--inner-steps", type=int, default=3, help="inner SGD steps of meta-training")
+    parser.add_argument("--inner-lr", type=float, default=1e-2, help="inner learning rate of meta-training")
+    parser.add_argument("--head-init", choices=["keep", "zero"], default="keep",
+                        help="strategy.head_init of the meta runs, and the evaluation of every arm")
     parser.add_argument("--shots", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--query", type=int, default=8)
-    parser.add_argument("--inner-steps", type=int, default=3)
-    parser.add_argument("--inner-lr", type=float, default=1e-2)
+    parser.add_argument("--episodes", type=int, default=10, help="test episodes per K")
+    parser.add_argument("--query", type=int, default=8, help="query examples per class of evaluation episodes")
+    parser.add_argument("--eval-steps", type=int, default=None,
+                        help="SGD steps per evaluation episode, the same for every arm (default: --inner-steps)")
+    # Plain SGD for a few steps: 1e-3 barely moves a pretrained encoder; a short probe (K=16, 3 steps) had the best
+    # all-parameter lr at 0.2 and the best head-only lr at 1 of {1, 10}, hence grids that bracket those.
+    parser.add_argument("--lr-grid", type=float, nargs="*", default=[1e-2, 5e-2, 2e-1, 5e-1],
+                        help="adaptation learning rates for all parameters, tuned per arm on val episodes")
+    parser.add_argument("--head-lr-grid", type=float, nargs="*", default=[0.3, 1.0, 3.0],
+                        help="adaptation learning rates for the output layer only (empty: no head-only candidate)")
+    parser.add_argument("--tune-k", type=int, default=8, help="K of the validation (tuning) episodes")
+    parser.add_argument("--tune-episodes", type=int, default=6, help="validation episodes per candidate")
     parser.add_argument("--reptile", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: optional phases are skipped to end before it")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, distill + MAML only (checks the plumbing)")
-    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (checks the plumbing)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where results.json and RESULTS.md go (default: this folder; --smoke: the work dir)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="run directories (default: runs/<UTC stamp>)")
     args = parser.parse_args()
+    if not args.lr_grid and not args.head_lr_grid:
+        parser.error("--lr-grid and --head-lr-grid are both empty: no adaptation candidate")
 
     import torch
 
     budget = Budget(args.deadline)
     stamp = now_utc().strftime("%Y%m%d-%H%M%S")
-    workdir = HERE / "runs" / (stamp + ("-smoke" if args.smoke else ""))
+    workdir = (args.work_dir or HERE / "runs" / (stamp + ("-smoke" if args.smoke else ""))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    out_dir = workdir if args.smoke else args.out_dir
-    teacher = args.teacher.resolve()
-    if not (teacher / "model" / "config.json").is_file():
-        raise SystemExit(f"teacher {teacher} has no model/")
+    out_dir = (args.out_dir or (workdir if args.smoke else HERE)).resolve()
+    command = "python " + " ".join([rel(Path(sys.argv[0])), *sys.argv[1:]])
     t0 = time.perf_counter()
     results: dict = {
-        "started_at": now_utc().isoformat(timespec="seconds"),
-        "command": "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(REPO)), *sys.argv[1:]]),
+        "started_at": now_utc().isoformat(timespec="seconds"), "command": command,
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "load_avg_start": "/".join(f"{x:.2f}" for x in os.getloadavg()),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "workdir": str(workdir.relative_to(REPO)), "runs": {}, "meta": {},
-        "notes": [
-            "No-teacher student = strategy=distill with kd_weight=0, ce_weight=1: pure gold-label cross-entropy with the "
-            "same layer cut (0, 2, 4), rows, batch order and steps as the distilled student. strategy=standard has no "
-            "layer-cut option (model.config_overrides.num_hidden_layers=3 would keep layers 0, 1, 2 instead).",
-            "The teacher's fit time is that run's own record (it shared the CPU; a quiet quickstart fit is ~225 s, "
-            "experiments/quickstart/RESULTS.md).",
-            "Plain fine-tuning and the meta-learners start from the same weights: pretrained all-MiniLM-L6-v2 plus the "
-            "classifier head initialised under seed 42, exactly as pipeline.train builds the model before fitting.",
-            "Meta-training draws episodes from the training split; evaluation episodes come from the test split "
-            "(held out from all training here). With n_way=4 every episode contains all 4 AG News classes, so "
-            "meta-training also teaches the head the fixed 4-way task ('0 steps' column shows how much).",
-        ],
+        "workdir": rel(workdir), "parts": {}, "runs": {}, "meta": {},
     }
-    tm = json.loads((teacher / "metrics.json").read_text())
-    tr = json.loads((teacher / "run.json").read_text())
-    results["teacher"] = {
-        "run_dir": str(teacher.relative_to(REPO)), "test_accuracy": tm["test"]["accuracy"],
-        "test_f1_macro": tm["test"]["f1_macro"], "train_rows": tr["data"]["sizes"]["train"],
-        "global_step": tr["global_step"], "num_parameters": tr["model"]["num_parameters"],
-        "fit_s": tr["timings_s"]["fit"],
-    }
+    if (out_dir / "results.json").is_file():
+        carry_over(json.loads((out_dir / "results.json").read_text()), results, args.parts)
 
-    rows = 128 if args.smoke else args.train_rows
-    common = [f"data.train_size={rows}", "trainer.max_epochs=1"]
-    if args.smoke:
-        common += ["data.val_size=64", "evaluate.splits=[val]"]
-    student = ["strategy=distill", f"strategy.teacher={teacher.relative_to(REPO)}", "strategy.student_layers=3"]
-    # 1. distillation ----------------------------------------------------------------------------------------------
-    distill = run_cli("distill", [*student, *common], workdir, budget, results)
-    write(results, out_dir)
-    if not args.smoke:
-        run_cli("no_teacher", [*student, "strategy.kd_weight=0", "strategy.ce_weight=1", *common], workdir, budget, results)
-        write(results, out_dir)
-    if distill.get("returncode") == 0:
-        measure_speed(teacher, workdir / "distill", 256, 512 if args.smoke else None, results)
+    def save() -> None:
         write(results, out_dir)
 
-    # 2. meta-learning -----------------------------------------------------------------------------------------------
-    steps = 2 if args.smoke else args.meta_steps
-    shots = [4] if args.smoke else args.shots
-    episodes = 1 if args.smoke else args.episodes
-    meta_common = [
-        f"data.train_size={rows}", "data.val_size=" + ("64" if args.smoke else "200"), "evaluate.splits=[val]",
-        "trainer.max_epochs=1", f"strategy.k_shot={args.meta_k}", f"strategy.query_per_class={args.meta_k}",
-        "strategy.n_way=4", "strategy.meta_batch_size=2", f"strategy.inner_steps={args.inner_steps}",
-        f"strategy.inner_lr={args.inner_lr}", f"strategy.episodes_per_epoch={steps}",
-    ]
-    evaluator = MetaEval(teacher, 64, 1024 if args.smoke else None)
-    models = {"plain fine-tuning": evaluator.baseline_bundle().model}
-    results["meta"]["plain fine-tuning"] = {"command": None, "train_wall_s": 0, "eval": {}}
-    write(results, out_dir)
-
-    def meta_train(name: str, extra: list[str]) -> None:
-        entry = run_cli(name, [f"strategy={name}", *extra, *meta_common], workdir, budget, results)
-        results["meta"][name] = {"command": entry["command"], "train_wall_s": entry["wall_s"], "eval": {},
-                                 "val_accuracy_4way": entry.get("metrics", {}).get("val", {}).get("accuracy")}
-        if entry.get("returncode") == 0:
-            models[name] = load_exported(workdir / name)
-        write(results, out_dir)
-
-    def meta_eval(arms: list[str]) -> None:
-        """K by K, arm by arm; a call that would not end before the deadline (estimated from the calls so far,
-        cost ~ proportional to K) is skipped and noted."""
-        cost: dict[int, float] = {}
-        for k in shots:
-            for arm in arms:
-                if arm not in models:
-                    continue
-                estimate = cost.get(k) or (max((t * k / kk for kk, t in cost.items()), default=0.0))
-                if budget.left() < 1.1 * estimate + 5:
-                    results["notes"].append(f"{arm} K={k} not evaluated: {budget.left():.0f} s left, "
-                                            f"estimated {estimate:.0f} s.")
-                    continue
-                print(f"[{now_utc():%H:%M:%S}] meta-eval {arm}", flush=True)
-                start = time.perf_counter()
-                results["meta"][arm]["eval"][str(k)] = evaluator.evaluate_k(
-                    models[arm], k, episodes, args.query, args.inner_lr, args.inner_steps, seed=0)
-                cost[k] = time.perf_counter() - start
-                write(results, out_dir)
-
-    meta_train("maml", [])
-    meta_eval(["plain fine-tuning", "maml"])
-    if not args.smoke:
-        maml_s = results["runs"]["maml"]["wall_s"] + sum(v["seconds"] for v in results["meta"]["maml"]["eval"].values())
-        if args.reptile == "yes" or (args.reptile == "auto" and budget.left() > 1.15 * maml_s + 10):
-            # quickstart's AdamW lr 1e-4 and warmup schedule would replace Reptile's meta step: restore its YAML values.
-            meta_train("reptile", ["strategy.optimizer.lr=0.5", "strategy.scheduler=null"])
-            meta_eval(["reptile"])
-        else:
-            results["notes"].append(
-                f"Reptile skipped: {budget.left():.0f} s left before the deadline; MAML (train + eval) took {maml_s:.0f} s.")
+    for name, run in (("distill", run_distill), ("meta", run_meta)):
+        if name not in args.parts:
+            continue
+        part = results["parts"][name] = {"command": command, "started_at": now_utc().isoformat(timespec="seconds"),
+                                         "notes": []}
+        if name == "distill":
+            part["train_rows"] = 128 if args.smoke else args.distill_train_rows
+        start = time.perf_counter()
+        run(args, workdir, budget, results, save)
+        part["finished_at"] = now_utc().isoformat(timespec="seconds")
+        part["wall_s"] = round(time.perf_counter() - start, 1)
+        save()
 
     results["finished_at"] = now_utc().isoformat(timespec="seconds")
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["load_avg_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    write(results, out_dir)
+    save()
     print(f"done in {results['wall_s']} s; results in {out_dir}", flush=True)
 
 
