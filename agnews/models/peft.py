@@ -130,6 +130,8 @@ def wrap_peft_model(model, config):
     import peft
 
     if config.peft_type == peft.PeftType.PREFIX_TUNING:
+        # What get_peft_model records too: adapter_config.json names the base model.
+        config.base_model_name_or_path = config.base_model_name_or_path or getattr(model, "name_or_path", None)
         return prefix_tuning_class()(model, config)
     return peft.get_peft_model(model, config)
 
