@@ -18,13 +18,12 @@ method's objective, so ``train/loss`` is meaningful.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from agnews.errors import ConfigError
 from agnews.strategies.base import ClassificationModule
-from agnews.strategies.optim import DEFAULT_NO_DECAY
 
 NORMS = ("l2", "linf")
 _TINY = 1e-12
@@ -153,24 +152,16 @@ class AdversarialTraining(ClassificationModule):
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        label_names: Sequence[str],
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., Any] | None = None,
-        weight_decay: float = 0.01,
-        no_decay: Sequence[str] = DEFAULT_NO_DECAY,
-        label_smoothing: float = 0.0,
-        seed: int = 42,
+        *args,
         epsilon: float = 1.0,
         alpha: float | None = None,
         steps: int = 1,
         norm: str = "l2",
         init_magnitude: float = 0.0,
         adv_weight: float = 1.0,
+        **kwargs,
     ):
-        super().__init__(
-            model, label_names, optimizer, scheduler, weight_decay, no_decay, label_smoothing=label_smoothing, seed=seed
-        )
+        super().__init__(*args, **kwargs)  # model, label_names, optimizer, ...: ClassificationModule's arguments
         name = f"strategy={self.method}"
         if norm not in NORMS:
             raise ConfigError(f"{name}: strategy.norm must be one of {list(NORMS)}, got {norm!r}")
@@ -194,6 +185,25 @@ class AdversarialTraining(ClassificationModule):
         self.trace: list[dict] | None = None
 
     # ---- pieces ----------------------------------------------------------------------------------------------------
+    def clean_plus_ascended(self, batch, perturbation, step_size: float, steps: int):
+        """FGM (one step of size ε) and PGD (K steps of size α): L(x) + w·L(x + δ_K), K+1 forwards and backwards.
+
+        The clean pass gives the parameter gradients of L(x) and the first ascent direction (the hook adds δ = 0, a
+        leaf requiring grad: ∂L/∂δ = ∂L/∂embeddings); each further pass only moves δ.
+        """
+        params = self._trainable()
+        clean = self._loss(batch)
+        grads = self._grads(clean, perturbation, params)
+        self._ascend(perturbation, grads[0], step_size, requires_grad=steps > 1)
+        for step in range(1, steps):
+            (grad,) = self._grads(self._loss(batch), perturbation, [])
+            self._ascend(perturbation, grad, step_size, requires_grad=step < steps - 1)
+        adversarial = self._loss(batch)
+        self._record(perturbation, None)
+        value = clean.detach() + self.adv_weight * adversarial.detach()
+        loss = with_value(self.adv_weight * adversarial + gradient_carrier(params, grads[1:]), value)
+        return loss, {"train/loss_clean": clean.detach(), "train/loss_adv": adversarial.detach()}
+
     def _trainable(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -269,15 +279,7 @@ class FGM(AdversarialTraining):
     method = "fgm"
 
     def adversarial_objective(self, batch, perturbation):
-        params = self._trainable()
-        clean = self._loss(batch)  # the hook adds δ = 0 (a leaf requiring grad): ∂L/∂δ = ∂L/∂embeddings
-        grads = self._grads(clean, perturbation, params)
-        self._ascend(perturbation, grads[0], self.epsilon, requires_grad=False)
-        adversarial = self._loss(batch)
-        self._record(perturbation, None)
-        value = clean.detach() + self.adv_weight * adversarial.detach()
-        loss = with_value(self.adv_weight * adversarial + gradient_carrier(params, grads[1:]), value)
-        return loss, {"train/loss_clean": clean.detach(), "train/loss_adv": adversarial.detach()}
+        return self.clean_plus_ascended(batch, perturbation, self.epsilon, steps=1)
 
 
 class PGD(AdversarialTraining):
@@ -294,18 +296,7 @@ class PGD(AdversarialTraining):
             raise ConfigError("strategy=pgd: strategy.alpha (the ascent step size) must be set")
 
     def adversarial_objective(self, batch, perturbation):
-        params = self._trainable()
-        clean = self._loss(batch)
-        grads = self._grads(clean, perturbation, params)
-        self._ascend(perturbation, grads[0], self.alpha, requires_grad=self.steps > 1)
-        for step in range(1, self.steps):
-            (grad,) = self._grads(self._loss(batch), perturbation, [])
-            self._ascend(perturbation, grad, self.alpha, requires_grad=step < self.steps - 1)
-        adversarial = self._loss(batch)
-        self._record(perturbation, None)
-        value = clean.detach() + self.adv_weight * adversarial.detach()
-        loss = with_value(self.adv_weight * adversarial + gradient_carrier(params, grads[1:]), value)
-        return loss, {"train/loss_clean": clean.detach(), "train/loss_adv": adversarial.detach()}
+        return self.clean_plus_ascended(batch, perturbation, self.alpha, self.steps)
 
 
 class FreeLB(AdversarialTraining):
