@@ -109,3 +109,97 @@ def compose_train_cfg(tmp_path):
 
     yield compose_cfg
     GlobalHydra.instance().clear()
+
+
+# ---- finished runs, for everything downstream of training (inference, export, ensembles) ------------------------------
+def real_rows_dir(folder: Path, shared: Path, train_rows: int = 600, test_rows: int = 400) -> Path:
+    """A small ag_news_csv folder of REAL rows: the first ``train_rows`` of the shared train subset and a class-balanced
+    ``test_rows`` of the real test split (so a real-model run scores real texts in seconds, not minutes)."""
+    import itertools
+
+    with (shared / "train.csv").open(newline="", encoding="utf-8") as handle:
+        train = list(itertools.islice(csv.reader(handle), train_rows))
+    with (shared / "test.csv").open(newline="", encoding="utf-8") as handle:
+        per_class: dict[str, list] = {}
+        for row in csv.reader(handle):
+            bucket = per_class.setdefault(row[0], [])
+            if len(bucket) < test_rows // 4:
+                bucket.append(row)
+    write_ag_news_csv(folder / "train.csv", train)
+    write_ag_news_csv(folder / "test.csv", [row for rows in zip(*per_class.values()) for row in rows])
+    (folder / "classes.txt").write_text("\n".join(LABELS) + "\n")
+    return folder
+
+
+def train_run(run_dir: Path, overrides: list[str], cache_dir: Path | None = None) -> Path:
+    """Run ``agnews.train`` in-process (composed as the CLI would) with its run directory at ``run_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    import agnews.resolvers  # noqa: F401
+    from agnews.pipeline import train
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.log_dir = str(run_dir.parent / "logs")
+        cfg.paths.cache_dir = str(cache_dir or run_dir.parent / "cache")
+    train(cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def real_minilm_run(tmp_path_factory, shared_data_dir) -> Path:
+    """A finished run of the shipped pretrained MiniLM on 600 real train rows (1 epoch, max length 64, bf16 autocast
+    as the quickstart trains), scored on 400 real test rows, with its exported model. About 30 s, once per session."""
+    root = tmp_path_factory.mktemp("real_minilm")
+    data = real_rows_dir(root / "data", shared_data_dir)
+    return train_run(
+        root / "run",
+        [
+            "experiment=quickstart",
+            f"data.data_dir={data}",
+            "data.train_size=null",
+            "data.val_size=100",
+            "data.batch_size=16",
+            "strategy.optimizer.lr=2e-4",
+            "callbacks.progress_bar=null",
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run_factory(tmp_path_factory):
+    """``tiny_run_factory(family, *overrides)``: a finished tiny random-weight run of that architecture (minilm, deberta,
+    roberta, xlnet, electra, longformer) on synthetic separable texts, cached per arguments for the session."""
+    cache: dict[tuple, Path] = {}
+    data = None
+
+    def make(family: str = "minilm", *overrides: str) -> Path:
+        nonlocal data
+        key = (family, *overrides)
+        if key in cache:
+            return cache[key]
+        root = tmp_path_factory.mktemp(f"tiny_{family}")
+        if data is None:
+            data_root = tmp_path_factory.mktemp("tiny_data")
+            write_ag_news_csv(data_root / "train.csv", synthetic_rows(30, seed=1))
+            write_ag_news_csv(data_root / "test.csv", synthetic_rows(8, seed=2, empty_title_every=0))
+            (data_root / "classes.txt").write_text("\n".join(LABELS) + "\n")
+            data = data_root
+        cache[key] = train_run(
+            root / "run",
+            [
+                f"model={family}", "model.tiny=true", "trainer=cpu", "trainer.precision=32-true", "logger=csv",
+                "trainer.max_epochs=1", *small_data_overrides(data), *overrides,
+            ],
+        )
+        return cache[key]
+
+    return make

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from agnews.data.padding import pad_token_ids
 from agnews.data.tokenization import TokenizedTexts
 
 
@@ -54,27 +55,16 @@ class DynamicPaddingCollator:
         self.global_attention_first_token = global_attention_first_token
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in items)
-        if self.pad_to_multiple_of:
-            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):
-            ids = torch.as_tensor(np.asarray(item["input_ids"], dtype=np.int64))
-            span = slice(longest - len(ids), longest) if self.padding_side == "left" else slice(0, len(ids))
-            input_ids[row, span] = ids
-            attention_mask[row, span] = 1
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": torch.tensor([item["labels"] for item in items], dtype=torch.long),
-            "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
-        }
-        if self.global_attention_first_token:
-            first = attention_mask.argmax(dim=1)  # position of the first real token on either padding side
-            global_mask = torch.zeros_like(attention_mask)
-            global_mask[torch.arange(len(items)), first] = 1
-            batch["global_attention_mask"] = global_mask
+        padded = pad_token_ids(
+            [item["input_ids"] for item in items],
+            self.pad_token_id,
+            self.padding_side,
+            self.pad_to_multiple_of,
+            self.global_attention_first_token,
+        )
+        batch = {name: torch.from_numpy(array) for name, array in padded.items()}
+        batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
+        batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
         return batch
 
 

@@ -1,0 +1,64 @@
+"""Train the ensemble's members on the shared AG News copy, one CLI command each, and record each member's wall time.
+
+Every member uses the same validation split (data.seed=42, data.val_size=1000) and scores the full test split, so the
+ensemble can join them by example id. Budget: all members <= 60 min wall on 2 CPU cores.
+
+    python experiments/ensemble/train_members.py                 # all members, in order
+    python experiments/ensemble/train_members.py --only minilm_q42 tfidf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+SAME_SPLIT = ["data.seed=42", "data.val_size=1000"]
+MEMBERS = {
+    # the quickstart recipe: 12,000 rows, 1 epoch, max length 64, bf16 autocast
+    "minilm_q42": ["-m", "agnews.train", "experiment=quickstart", "seed=42", *SAME_SPLIT],
+    # the same recipe on all 62,840 remaining shared train rows
+    "minilm_full": ["-m", "agnews.train", "experiment=quickstart", "data.train_size=null", "seed=42", *SAME_SPLIT],
+    "minilm_q7": ["-m", "agnews.train", "experiment=quickstart", "seed=7", *SAME_SPLIT],
+    # a 3-layer student distilled from minilm_full on the quickstart rows
+    "student3": [
+        "-m", "agnews.train", "experiment=quickstart", "strategy=distill", f"strategy.teacher={RUNS / 'minilm_full'}",
+        "strategy.student_layers=3", "seed=42", *SAME_SPLIT,
+    ],
+    # TF-IDF word + char n-grams, calibrated linear classifier, all train rows
+    "tfidf": ["-m", "agnews.baseline", "data.train_size=null", "seed=42", *SAME_SPLIT],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(MEMBERS), default=list(MEMBERS))
+    args = parser.parse_args()
+    record_path = HERE / "members.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    for name in args.only:
+        command = [sys.executable, *MEMBERS[name], f"hydra.run.dir={RUNS / name}"]
+        print("+", " ".join(command[1:]), flush=True)
+        started, load_before = time.perf_counter(), os.getloadavg()[0]
+        subprocess.run(command, check=True)
+        wall = round(time.perf_counter() - started, 1)
+        record[name] = {
+            "command": "python " + " ".join(command[1:]).replace(str(HERE.parent.parent) + "/", ""),
+            "wall_s": wall,
+            "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"{name}: {wall} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
