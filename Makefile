@@ -10,7 +10,7 @@ EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
 
-.PHONY: install quickstart train test test-slow test-all bench-startup bench-throughput bench-quickstart clean
+.PHONY: install system-deps quickstart train test test-slow test-gpu test-all bench-startup bench-throughput bench-quickstart clean
 
 install: $(STAMP)
 
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-* && touch $@
 
+# System packages the tests need (a real PostgreSQL server for the sweep tests). Installed with apt when missing
+# and running as root (CI and the project's machines); elsewhere the tests say what to install.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "PostgreSQL server binaries missing: install the 'postgresql' package (tests/test_sweeps_postgres.py)"; fi; \
+	fi
+
 quickstart: install
 	$(BIN)/python -m agnews.train experiment=quickstart
 
@@ -28,13 +37,17 @@ quickstart: install
 train: install
 	$(BIN)/python -m agnews.train $(ARGS)
 
-test: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test: install system-deps
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install system-deps
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: install
+# On a machine with a CUDA GPU (and TensorRT): GPU tests fail, not skip, when no GPU is found.
+test-gpu: install
+	AGNEWS_REQUIRE_GPU=1 $(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
+
+test-all: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-startup: install

@@ -2,7 +2,8 @@
 
 One loop per worker process (``python -m agnews.train -m hparams_search=NAME``), any number of workers per study:
 
-1. mark RUNNING trials whose heartbeat is older than ``grace_period`` as FAIL (their worker was killed);
+1. mark RUNNING trials whose heartbeat is older than ``grace_period`` as FAIL (their worker was killed) and queue
+   each again with the same parameters (``agnews.sweeps.heartbeat``: Optuna's heartbeat with an RDB URL);
 2. count the study's trials that use the budget: COMPLETE, PRUNED, RUNNING and FAIL from a job error
    (``agnews_error``); stop once ``n_trials`` of them are finished, wait while the rest are running elsewhere;
 3. ask up to ``n_jobs`` trials; a trial asked when ``n_trials`` lower-numbered trials already use the budget (two
@@ -19,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from agnews.errors import ConfigError
+from agnews.sweeps.heartbeat import Heartbeat, RetryStaleTrial, fail_stale_trials
 from agnews.sweeps.pruning import PRUNED_ATTR
 from agnews.sweeps.search_space import Param, format_value, parse_search_space
-from agnews.sweeps.storage import is_url, make_storage
+from agnews.sweeps.storage import is_url, make_storage, redact
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_ATTR = "agnews_heartbeat"
 ERROR_ATTR = "agnews_error"
 SURPLUS_ATTR = "agnews_surplus"
 OVERRIDES_ATTR = "agnews_overrides"
@@ -48,30 +48,6 @@ def _format_mapping(node: dict) -> str:
     for key, value in node.items():
         parts.append(f"{key}:{_format_mapping(value) if isinstance(value, dict) else format_value(value)}")
     return "{" + ",".join(parts) + "}"
-
-
-class _Heartbeat(threading.Thread):
-    """Refreshes the heartbeat attribute of this worker's running trials."""
-
-    def __init__(self, storage: Any, interval: float) -> None:
-        super().__init__(name="optuna-heartbeat", daemon=True)
-        self.storage, self.interval = storage, interval
-        self.trial_ids: set[int] = set()
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-
-    def beat(self, trial_id: int) -> None:
-        try:
-            self.storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except Exception:  # noqa: BLE001  (finished meanwhile, or a transient storage error: the next beat retries)
-            pass
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            with self.lock:
-                ids = list(self.trial_ids)
-            for trial_id in ids:
-                self.beat(trial_id)
 
 
 class OptunaSweeperImpl:
@@ -130,21 +106,6 @@ class OptunaSweeperImpl:
             return True
         return trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs
 
-    def _fail_stale(self, study: Any, mine: set[int]) -> None:
-        from optuna.trial import TrialState
-
-        now = time.time()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number in mine:
-                continue
-            beat = trial.user_attrs.get(HEARTBEAT_ATTR)
-            if beat is None and trial.datetime_start is not None:
-                beat = trial.datetime_start.timestamp()
-            if beat is not None and now - float(beat) > self.grace_period:
-                log.warning("Trial %d: no heartbeat for %.0f s (its worker died); marking it FAIL", trial.number,
-                            now - float(beat))
-                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-
     def _suggest(self, trial: Any, param: Param) -> Any:
         import optuna.distributions as d
 
@@ -158,13 +119,14 @@ class OptunaSweeperImpl:
     def _ask(self, study: Any, searched: list[Param], fixed: list[str]) -> tuple[Any, list[str]] | None:
         from optuna.trial import TrialState
 
-        trial = study.ask()
-        self.heartbeat.beat(trial._trial_id)
+        trial = study.ask()  # a queued retry of a killed trial first, else a new one
+        self.heartbeat.add(trial._trial_id)
         ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and self._uses_budget(t)]
         if len(ahead) >= self.n_trials:
             log.info("Trial %d not needed (another worker took the last slot)", trial.number)
             trial.set_user_attr(SURPLUS_ATTR, True)
             study.tell(trial, state=TrialState.FAIL)
+            self.heartbeat.discard(trial._trial_id)
             return None
         study.sampler = self._sampler_for(trial.number)
         values = {p.name: self._suggest(trial, p) for p in searched}
@@ -186,6 +148,17 @@ class OptunaSweeperImpl:
         return trial, [*task_overrides, *internal]
 
     def _tell(self, study: Any, trial: Any, job_return: Any) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            self._tell_result(study, trial, job_return)
+        except UpdateFinishedTrialError:
+            # Its heartbeat went stale while this worker was alive (stalled longer than grace_period): another
+            # worker marked it FAIL and queued it again, so this result is not recorded.
+            log.warning("Trial %d was marked FAIL meanwhile (no heartbeat within grace_period); result dropped",
+                        trial.number)
+
+    def _tell_result(self, study: Any, trial: Any, job_return: Any) -> None:
         from optuna.trial import TrialState
 
         error = None
@@ -220,21 +193,22 @@ class OptunaSweeperImpl:
         if not searched:
             raise ConfigError("The Optuna sweeper has nothing to search: set hydra.sweeper.params (hparams_search=...)")
         storage_string = self.storage_string()
-        storage = make_storage(storage_string)
+        storage = make_storage(storage_string, self.heartbeat_interval, self.grace_period)
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.direction,
                                     sampler=self._sampler_for(0), load_if_exists=True)
         log.info("Optuna study %r in %s: %d trials wanted, %d already in the study", self.study_name,
-                 storage_string, self.n_trials, len(study.get_trials(deepcopy=False)))
+                 redact(storage_string), self.n_trials, len(study.get_trials(deepcopy=False)))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        self.heartbeat = _Heartbeat(storage, self.heartbeat_interval)
+        self.heartbeat = Heartbeat(storage, self.heartbeat_interval)
         self.heartbeat.start()
+        retry = RetryStaleTrial()
         mine: set[int] = set()
         try:
             while True:
-                self._fail_stale(study, mine)
+                fail_stale_trials(study, self.grace_period, exclude=mine, retry=retry)
                 trials = study.get_trials(deepcopy=False)
                 using = [t for t in trials if self._uses_budget(t)]
                 finished = [t for t in using if t.state != TrialState.RUNNING]
@@ -250,8 +224,6 @@ class OptunaSweeperImpl:
                     if asked is not None:
                         batch.append(asked)
                         mine.add(asked[0].number)
-                        with self.heartbeat.lock:
-                            self.heartbeat.trial_ids.add(asked[0]._trial_id)
                 if not batch:
                     time.sleep(POLL_SECONDS)
                     continue
@@ -260,10 +232,9 @@ class OptunaSweeperImpl:
                 self.job_idx += len(batch)
                 for (trial, _), job_return in zip(batch, returns, strict=True):
                     self._tell(study, trial, job_return)
-                    with self.heartbeat.lock:
-                        self.heartbeat.trial_ids.discard(trial._trial_id)
+                    self.heartbeat.discard(trial._trial_id)
         finally:
-            self.heartbeat.stopped.set()
+            self.heartbeat.stop()
         self._report(study, storage_string, sweep_dir)
 
     def validate_batch_is_legal(self, batch: list[list[str]]) -> None:
