@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from agnews import artifacts
+from agnews import artifacts, runs
 from agnews.distributed import FitProgress, GatherPredictions, ShardedEvalBatchSampler, collect
 from agnews.errors import ConfigError
 from agnews.models.peft import apply_peft, export_bundle
@@ -35,7 +35,7 @@ def _instantiate_group(group: DictConfig | None) -> list:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Run one training job; returns the metrics dictionary written to ``metrics.json``."""
+    """Run one training job; returns the metrics dictionary written to the run's metrics file."""
     import lightning as L
 
     # Lightning installs its own console handler; under Hydra (which configures the root logger: console + run log
@@ -173,7 +173,7 @@ def _fit_evaluate_write(
     cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at: str
 ) -> dict:
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, output_dir / runs.CONFIG_FILE, resolve=True)
         for logger in trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -205,8 +205,8 @@ def _fit_evaluate_write(
         probs, labels = result["probs"], result["labels"]
         metrics[split] = classification_report(probs, labels, label_names)
         if trainer.is_global_zero:
-            artifacts.write_predictions(
-                output_dir / artifacts.PREDICTIONS_DIR / f"{split}.csv",
+            runs.write_predictions(
+                runs.predictions_path(output_dir, split),
                 datamodule.splits[split].ids,
                 labels,
                 probs,
@@ -242,9 +242,10 @@ def _fit_evaluate_write(
                 {s: (r["labels"].tolist(), r["probs"].argmax(dim=-1).tolist()) for s, r in predictions.items()},
                 model_dir=model_dir,
             )
-        artifacts.write_json(output_dir / artifacts.METRICS_FILE, metrics)
-        artifacts.write_json(
-            output_dir / artifacts.MANIFEST_FILE,
+        runs.write_json(output_dir / runs.METRICS_FILE, metrics)
+        # The manifest goes last: its presence is what marks the run as finished (agnews.runs.load_run).
+        runs.write_json(
+            output_dir / runs.MANIFEST_FILE,
             {
                 "task": cfg.get("task_name", "train"),
                 "model": bundle.describe(),
@@ -254,10 +255,12 @@ def _fit_evaluate_write(
                     "bad_rows": {name: len(rows) for name, rows in datamodule.bad_rows.items()},
                 },
                 "artifacts": {
-                    "config": "config.yaml",
-                    "metrics": artifacts.METRICS_FILE,
-                    "model": artifacts.MODEL_DIR if cfg.evaluate.export_model else None,
-                    "predictions": {s: f"{artifacts.PREDICTIONS_DIR}/{s}.csv" for s in cfg.evaluate.splits},
+                    "config": runs.CONFIG_FILE,
+                    "metrics": runs.METRICS_FILE,
+                    "model": runs.MODEL_DIR if cfg.evaluate.export_model else None,
+                    "predictions": {
+                        s: runs.predictions_path(".", s).as_posix() for s in cfg.evaluate.splits
+                    },
                     "best_checkpoint": best_path,
                     "last_checkpoint": _last_checkpoint(checkpoint),
                 },

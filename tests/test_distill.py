@@ -95,6 +95,26 @@ def test_soft_label_file_is_read_by_id_and_column_name(tmp_path):
         soft_labels_from_file(path, ["a"], ["World", "Sports", "Business", "Health"])
 
 
+def test_teacher_paths_resolve_to_the_folder_the_predictor_loads(tmp_path):
+    from agnews.runs import MANIFEST_FILE, MODEL_DIR, MODEL_INFO_FILE, write_json
+    from agnews.strategies.distill import teacher_model_dir
+
+    run = tmp_path / "run"
+    write_json(run / MODEL_DIR / MODEL_INFO_FILE, {"label_names": LABELS})
+    write_json(run / MANIFEST_FILE, {"task": "train"})
+    assert teacher_model_dir(run) == run / MODEL_DIR  # a finished run: its exported model
+    assert teacher_model_dir(run / MODEL_DIR) == run / MODEL_DIR  # the exported model folder itself
+    bare = tmp_path / "bare"
+    write_json(bare / "config.json", {"id2label": {"0": "World"}})
+    assert teacher_model_dir(bare) == bare  # a plain save_pretrained folder
+    with pytest.raises(ConfigError, match=r"strategy.teacher='.*nowhere': .*no such run, model, export or bundle"):
+        teacher_model_dir(tmp_path / "nowhere")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="the run did not finish"):
+        teacher_model_dir(tmp_path / "unfinished")
+
+
 def test_distill_requires_a_teacher():
     from functools import partial
 
@@ -156,20 +176,21 @@ def test_pretrained_minilm_cut_to_three_layers_through_config_overrides():
 
 # ---- end to end -------------------------------------------------------------------------------------------------------
 class CountingDistillation(Distillation):
-    """Counts every row the real teacher model runs on (a forward hook on the loaded teacher)."""
+    """Counts every row the real teacher model runs on (a forward hook on the torch module behind the teacher's
+    Predictor)."""
 
     rows = 0
     calls = 0
 
-    def load_teacher(self, model_dir):
-        model, tokenizer = super().load_teacher(model_dir)
+    def load_teacher(self, model_dir, max_length=None):
+        predictor = super().load_teacher(model_dir, max_length)
 
         def count(module, args, kwargs, output):
             CountingDistillation.calls += 1
             CountingDistillation.rows += kwargs["input_ids"].shape[0]
 
-        model.register_forward_hook(count, with_kwargs=True)
-        return model, tokenizer
+        predictor.model.backend.model.register_forward_hook(count, with_kwargs=True)
+        return predictor
 
 
 def test_teacher_runs_once_per_training_example_and_is_cached(tmp_path, make_ag_news_dir, compose_train_cfg):
@@ -192,6 +213,19 @@ def test_teacher_runs_once_per_training_example_and_is_cached(tmp_path, make_ag_
     assert manifest["global_step"] == 3 * 8  # three epochs of 8 batches ran on the cached outputs
     assert len(list(cache.glob("*.safetensors"))) == 1
     assert metrics["test"]["num_examples"] == 20
+    # The cached soft labels are the teacher Predictor's exact log-probabilities on the student's training split.
+    from safetensors import safe_open
+
+    from agnews.data.run_splits import load_run_split
+    from agnews.inference import Predictor
+
+    train = load_run_split(tmp_path / "student", "train")
+    with safe_open(str(next(cache.glob("*.safetensors"))), framework="pt") as handle:
+        assert json.loads(handle.metadata()["ids"]) == train.ids
+        cached = handle.get_tensor("log_probs")
+    expected = Predictor.from_path(tmp_path / "teacher").predict_log_proba(train.texts)
+    assert cached.dtype == torch.float32 and cached.shape == (120, 4)
+    torch.testing.assert_close(cached, torch.from_numpy(expected).float(), atol=1e-5, rtol=0)
     # the shallower student went through best-checkpoint reload and export at its own depth
     assert json.loads((tmp_path / "student" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
 

@@ -148,6 +148,7 @@ def test_cli_writes_robustness_json_for_an_exported_run(tmp_path, make_ag_news_d
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dir / "robustness.json").read_text())
     assert report["split"] == "test" and report["num_examples"] == 24 and report["seed"] == 5
+    assert report["precision"] == "fp32"  # the default; the run trained in fp32 too
     # The clean accuracy is the run's own accuracy on those 24 test rows (same model, same inputs).
     with open(run_dir / "predictions" / "test.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))[:24]

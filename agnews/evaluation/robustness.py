@@ -252,29 +252,10 @@ def default_suite(rates: Sequence[float] = DEFAULT_RATES) -> list[tuple[str, flo
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------------------
-def predict(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
-            global_attention_first_token: bool = False) -> list[int]:
-    """Predicted class per text (exactly as the pipeline feeds the model: unpadded ids, dynamic padding)."""
-    import torch
-
-    from agnews.data.batching import DynamicPaddingCollator, SortedEvalBatchSampler, TokenizedDataset
-    from agnews.data.tokenization import tokenize_texts
-
-    tokenized = tokenize_texts(tokenizer, list(texts), max_length)
-    dataset = TokenizedDataset(tokenized, [0] * len(texts))
-    collate = DynamicPaddingCollator(
-        tokenizer.pad_token_id, tokenizer.padding_side, global_attention_first_token=global_attention_first_token
-    )
-    device = next(model.parameters()).device
-    preds = [0] * len(texts)
-    model.eval()
-    with torch.inference_mode():
-        for rows in SortedEvalBatchSampler(dataset.lengths, batch_size):
-            batch = collate([dataset[i] for i in rows])
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "global_attention_mask") if k in batch}
-            for row, pred in zip(batch["index"].tolist(), model(**inputs).logits.argmax(dim=-1).tolist()):
-                preds[row] = pred
-    return preds
+def predict(predictor, texts: Sequence[str]) -> list[int]:
+    """Predicted class id per text, through the project's one inference loop (:class:`agnews.inference.Predictor`:
+    the run's tokenizer, max length, padding side and length-sorted batches, exactly as training scored)."""
+    return predictor.predict_proba(list(texts)).argmax(axis=1).tolist()
 
 
 def _accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
@@ -326,22 +307,12 @@ def evaluate_robustness(
 
 
 # ---- a run directory -----------------------------------------------------------------------------------------------
-def load_split(run_dir: Path, split: str = "test", data_dir: str | None = None):
-    """The run's split (ids, texts, labels) rebuilt from its resolved ``config.yaml`` (same source, seed, sizes)."""
-    from omegaconf import OmegaConf
+def load_split(run_dir, split: str = "test", data_dir: str | None = None):
+    """The run's split (ids, texts, labels); kept for callers of this module, see
+    :func:`agnews.data.run_splits.load_run_split`."""
+    from agnews.data.run_splits import load_run_split
 
-    from agnews.data.sources import load_source
-    from agnews.data.splits import make_splits
-
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    data = cfg.data
-    raw = load_source(
-        data.source, data_dir or data.data_dir, list(data.label_names), data.get("on_bad_rows", "fail"),
-        data.get("hub_dataset", "fancyzhx/ag_news"), data.get("hub_revision"),
-    )
-    if split == "test":
-        return raw["test"]
-    return make_splits(raw["train"], raw["test"], data.val_size, data.train_size, data.seed)[split]
+    return load_run_split(run_dir, split, data_dir)
 
 
 def run_robustness(
@@ -356,22 +327,29 @@ def run_robustness(
     synonyms_file: str | None = None,
     output: str | Path | None = None,
     sample_size: int | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
 ) -> dict:
-    """Score the run's exported model (``<run>/model``) under the suite; writes ``<run>/robustness.json``.
+    """Score the run's exported model under the suite; writes ``<run>/robustness.json``.
 
     ``limit`` scores the split's first N rows; ``sample_size`` a stratified subset of N rows drawn with ``seed`` (class
     proportions of the whole split kept; the same rows for every run with the same split and seed). Not both.
+    ``precision``: ``fp32``, ``bf16`` or ``auto`` (the run's own training precision, which reproduces its stored
+    predictions).
     """
-    from agnews.artifacts import MODEL_DIR, write_json
-    from agnews.models.exported import load_classifier
+    from agnews.data.run_splits import load_run_split
+    from agnews.inference import Predictor
+    from agnews.runs import load_run, write_json
 
-    run_dir = Path(run_dir)
-    model_dir = run_dir / MODEL_DIR
-    loaded = load_classifier(model_dir)  # plain, merged LoRA/IA3, or a prompt/prefix adapter over its base
-    model, tokenizer, info, max_length = loaded.model, loaded.tokenizer, loaded.info, loaded.max_length
     if limit is not None and sample_size is not None:
         raise ValueError("give limit (the first N rows) or sample_size (a stratified sample), not both")
-    data = load_split(run_dir, split, data_dir)
+    run = load_run(run_dir)
+    run_dir = run.path
+    model_dir = run.require_model()
+    precision = run.precision if precision == "auto" else precision
+    # Plain, merged LoRA/IA3, or a prompt/prefix adapter over its base: the Predictor's torch backend loads them all.
+    predictor = Predictor.from_path(model_dir, backend="torch", precision=precision, device=device, batch_size=batch_size)
+    data = load_run_split(run, split, data_dir)
     if sample_size is not None:
         from agnews.data.splits import stratified_take
 
@@ -388,12 +366,14 @@ def run_robustness(
         synonyms = {k.lower(): list(v) for k, v in json.loads(Path(synonyms_file).read_text()).items()}
 
     def score(batch_texts: list[str]) -> list[int]:
-        return predict(model, tokenizer, batch_texts, max_length, batch_size, bool(info.get("global_attention_first_token")))
+        return predict(predictor, batch_texts)
 
     report = evaluate_robustness(score, texts, labels, [(n, float(r)) for n in names for r in rates], seed, synonyms)
+    names_of = predictor.label_names
     report = {
         "run": str(run_dir), "model_dir": str(model_dir), "split": split, "limit": limit, "sample_size": sample_size,
-        "label_counts": {model.config.id2label.get(i, str(i)): labels.count(i) for i in sorted(set(labels))},
+        "precision": precision,
+        "label_counts": {names_of[i] if i < len(names_of) else str(i): labels.count(i) for i in sorted(set(labels))},
         "ids": list(ids), **report,
     }
     target = Path(output) if output else run_dir / ROBUSTNESS_FILE
@@ -404,7 +384,7 @@ def run_robustness(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="a finished run directory (with model/ and config.yaml)")
+    parser.add_argument("--run", required=True, help="a finished run directory with an exported model")
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--rates", type=float, nargs="+", default=list(DEFAULT_RATES))
     parser.add_argument("--perturbations", nargs="+", default=None, choices=sorted(PERTURBATIONS))
@@ -413,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample-size", type=int, default=None,
                         help="score a stratified sample of N examples drawn with --seed (instead of --limit)")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="torch precision of the scoring (auto: the run's own, as its stored predictions)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--data-dir", default=None, help="override the run's data.data_dir (csv sources)")
     parser.add_argument("--synonyms", default=None, help='JSON {"word": ["synonym", ...]} replacing the built-in table')
     parser.add_argument("--output", default=None, help=f"default: <run>/{ROBUSTNESS_FILE}")
@@ -422,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     report = run_robustness(
         args.run, args.split, args.rates, args.perturbations, args.seed, args.limit, args.batch_size,
-        args.data_dir, args.synonyms, args.output, args.sample_size,
+        args.data_dir, args.synonyms, args.output, args.sample_size, args.precision, args.device,
     )
     print(json.dumps({k: report[k] for k in ("clean_accuracy", "mean_perturbed_accuracy", "robustness_score")}))
     return 0

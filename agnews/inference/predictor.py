@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from agnews.runs import (
     ONNX_MODEL_FILE,
     RunFormatError,
     load_run,
+    looks_like_run,
+    read_json,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,12 @@ class Predictor:
     """``predict_proba(texts) -> [n, classes]`` for one model or an ensemble; texts are validated first.
 
     Build it with :meth:`from_path`. ``label_names`` gives the column order; ``predict`` returns label names.
+
+    Input rules (:func:`agnews.inference.validation.validate_texts`): a list (or tuple) of non-empty strings; an empty
+    list gives an empty ``[0, classes]`` result; anything else raises :class:`InvalidInputError` naming the offending
+    index. A text longer than the model's ``max_length`` tokens is truncated to its first ``max_length`` tokens
+    (special tokens included), exactly as training truncated it. Rows come back in the order of ``texts`` (batches
+    are length-sorted internally). See docs/inference.md.
     """
 
     def __init__(
@@ -68,6 +75,33 @@ class Predictor:
         if probs.shape != (len(texts), len(self.label_names)):
             raise RuntimeError(f"model returned probabilities of shape {probs.shape} for {len(texts)} texts")
         return probs
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether :meth:`predict_logits` works: single transformer models have logits; an ensemble or a text-input
+        ONNX pipeline gives probabilities only."""
+        return callable(getattr(self.model, "predict_logits", None))
+
+    def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw logits ``[n, classes]`` (float32), before the softmax ``predict_proba`` applies."""
+        texts = validate_texts(texts, self.max_texts, self.max_chars)
+        if not self.has_logits:
+            raise TypeError(f"{self.source}: {type(self.model).__name__} gives probabilities only; use predict_proba")
+        if not texts:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        logits = np.asarray(self.model.predict_logits(texts), dtype=np.float32)
+        if logits.shape != (len(texts), len(self.label_names)):
+            raise RuntimeError(f"model returned logits of shape {logits.shape} for {len(texts)} texts")
+        return logits
+
+    def predict_log_proba(self, texts: Sequence[str], min_prob: float = 1e-12) -> np.ndarray:
+        """Log-probabilities ``[n, classes]`` (float64): the exact log-softmax of the logits when the model has them,
+        else the log of the probabilities clamped at ``min_prob`` (an ensemble's average can hold exact zeros)."""
+        if self.has_logits:
+            logits = self.predict_logits(texts).astype(np.float64)
+            shifted = logits - logits.max(axis=1, keepdims=True) if len(logits) else logits
+            return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return np.log(np.clip(self.predict_proba(texts), min_prob, None))
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.label_names[i] for i in self.predict_proba(texts).argmax(axis=1)]
@@ -124,7 +158,7 @@ class Predictor:
 
             model, label_names, info = load_bundle_model(target, **options)
         else:
-            info = json.loads((target / MODEL_INFO_FILE).read_text(encoding="utf-8"))
+            info = read_json(target / MODEL_INFO_FILE)
             label_names = info.get("label_names")
             if not label_names:
                 raise RunFormatError(f"{target / MODEL_INFO_FILE} names no label_names")
@@ -146,7 +180,7 @@ def resolve_model_path(path: str | Path, backend: str = "auto") -> tuple[str, Pa
         return "bundle", path
     if (path / MODEL_INFO_FILE).is_file():
         return "model", path
-    if (path / MANIFEST_FILE).is_file() or (path / "config.yaml").is_file():
+    if looks_like_run(path):
         run = load_run(path)  # raises for a run that did not finish
         if run.has_bundle:
             return "bundle", run.bundle_dir
@@ -218,7 +252,7 @@ def onnx_file_for(export_dir: Path, variant: str | None = None) -> Path:
         if variant is not None:
             raise RunFormatError(f"{export_dir}: variant={variant!r} asked for, but there is no {EXPORT_INFO_FILE}")
         return export_dir / ONNX_MODEL_FILE
-    export_info = json.loads(info_path.read_text(encoding="utf-8"))
+    export_info = read_json(info_path)
     files = export_info.get("files") or {}
     chosen = variant or export_info.get("default")
     if chosen not in files:

@@ -20,6 +20,8 @@ def validate_texts(texts: Any, max_texts: int | None = None, max_chars: int | No
     """
     if isinstance(texts, (str, bytes)):
         raise InvalidInputError("texts must be a list of strings, not a single string: wrap it as [text]")
+    if type(texts).__module__ == "numpy" and getattr(texts, "ndim", None) == 1:  # a column of strings from numpy/pandas
+        texts = texts.tolist()
     if not isinstance(texts, Sequence):
         raise InvalidInputError(f"texts must be a list of strings, got {type(texts).__name__}")
     if max_texts is not None and len(texts) > max_texts:
@@ -27,7 +29,8 @@ def validate_texts(texts: Any, max_texts: int | None = None, max_chars: int | No
     out = []
     for position, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InvalidInputError(f"texts[{position}] is {type(text).__name__}, expected a string")
+            hint = " (decode bytes to str first)" if isinstance(text, (bytes, bytearray)) else ""
+            raise InvalidInputError(f"texts[{position}] is {type(text).__name__}, expected a string{hint}")
         if not text.strip():
             raise InvalidInputError(f"texts[{position}] is empty or only whitespace; send the text to classify")
         if max_chars is not None and len(text) > max_chars:
@@ -36,5 +39,5 @@ def validate_texts(texts: Any, max_texts: int | None = None, max_chars: int | No
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # lone surrogates, e.g. from a mis-decoded byte string
             raise InvalidInputError(f"texts[{position}] is not valid Unicode text ({exc.reason} at {exc.start})") from None
-        out.append(text)
+        out.append(str(text))  # a str subclass (numpy.str_) as plain str: tokenizers want exactly str
     return out

@@ -1,18 +1,19 @@
-"""A run's exported classifier (``<run>/model``) back in memory, whatever the fine-tuning method.
+"""A run's exported classifier (:attr:`agnews.runs.RunDir.model_dir`) back in memory, whatever the fine-tuning method.
 
-``model/`` is either a plain transformers classifier (full fine-tuning; LoRA and IA3 are merged at export) or, for
-prompt and prefix tuning, which cannot be merged, a peft adapter (``adapter_config.json`` +
-``adapter_model.safetensors``: virtual tokens and the trained head) beside ``model/base/``, the frozen base classifier.
-Evaluation tools, distillation teachers and later export/serving read runs through :func:`load_classifier`.
+The exported model folder is either a plain transformers classifier (full fine-tuning; LoRA and IA3 are merged at
+export) or, for prompt and prefix tuning, which cannot be merged, a peft adapter (``adapter_config.json`` +
+``adapter_model.safetensors``: virtual tokens and the trained head) beside ``base/``, the frozen base classifier.
+:class:`agnews.inference.Predictor` (torch backend), meta-evaluation and export read exported models through
+:func:`load_classifier`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_INFO_FILE = "agnews_model.json"
+from agnews.runs import MODEL_INFO_FILE, read_json
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_DIR = "base"
@@ -22,7 +23,7 @@ BASE_DIR = "base"
 class LoadedClassifier:
     model: object  # a transformers (or peft-wrapped) sequence classifier, in eval mode
     tokenizer: object
-    info: dict  # agnews_model.json: max_length, padding side, label names, peft facts...
+    info: dict  # the model's facts (MODEL_INFO_FILE): max_length, padding side, label names, peft facts...
 
     @property
     def max_length(self) -> int:
@@ -49,14 +50,14 @@ def save_unmerged(peft_model, target: Path) -> None:
 
 
 def load_classifier(model_dir: str | Path) -> LoadedClassifier:
-    """Model, tokenizer and facts of an exported ``model/`` directory (plain or adapter + base)."""
+    """Model, tokenizer and facts of an exported model directory (plain or adapter + base)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no such model directory (a run exports it with evaluate.export_model=true)")
     info_path = model_dir / MODEL_INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json(info_path) if info_path.is_file() else {}
     if (model_dir / ADAPTER_CONFIG).is_file():
         model = _load_adapter(model_dir)
     elif (model_dir / "config.json").is_file():

@@ -1,10 +1,11 @@
 """Knowledge distillation (Hinton et al., 2015): a student learns from a teacher's soft labels and the gold labels.
 
-The teacher is either a finished run (its exported ``<run>/model``, or any ``save_pretrained`` directory) or a CSV of
-per-example probabilities in the predictions format (``id`` + ``prob_<class>`` columns: an ensemble's average, an
-external labeller, a run's own ``predictions/*.csv``). Teacher outputs over the training split are computed once in
-``setup("fit")`` and cached on disk keyed by teacher, texts and example ids; training epochs (and resumed runs) read
-the cache, the teacher never runs inside the training loop.
+The teacher is either anything :class:`agnews.inference.Predictor` loads (a finished run, its exported model, an
+ensemble bundle; or a bare ``save_pretrained`` directory) or a CSV of per-example probabilities in the predictions
+format (``id`` + ``prob_<class>`` columns: an ensemble's average, an external labeller, a run's own stored
+predictions). The teacher scores through the Predictor on the student's device, in fp32. Teacher outputs over the
+training split are computed once in ``setup("fit")`` and cached on disk keyed by teacher, texts and example ids;
+training epochs (and resumed runs) read the cache, the teacher never runs inside the training loop.
 
 Loss per batch::
 
@@ -23,10 +24,14 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from agnews.errors import ConfigError, DataError
+from agnews.inference import Predictor, resolve_model_path
+from agnews.inference.predictor import load_model_dir
+from agnews.runs import BUNDLE_MANIFEST_FILE, MODEL_INFO_FILE, RunFormatError, read_json, read_predictions
 from agnews.strategies.base import ClassificationModule
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 # Probabilities read from a CSV are rounded (6 decimals): a 0.000000 would be log(0) = -inf.
 MIN_PROB = 1e-8
+# A bare save_pretrained teacher folder (Hugging Face's file, not the run format).
+HF_CONFIG_FILE = "config.json"
 # Config entries holding one value per layer (cut together with the layers).
 PER_LAYER_CONFIG_KEYS = ("attention_window", "layer_types")
 
@@ -99,44 +106,46 @@ def keep_encoder_layers(model: torch.nn.Module, keep: int | Sequence[int]) -> li
 
 # ---- teachers ---------------------------------------------------------------------------------------------------------
 def teacher_model_dir(teacher: str | Path) -> Path:
-    """A run directory (uses its ``model/``) or a model directory itself."""
+    """The folder a teacher loads from: a finished run (its ensemble ``bundle/`` or exported ``model/``), an exported
+    model folder, an ensemble bundle, or a bare ``save_pretrained`` directory (``config.json``, no agnews facts)."""
     path = Path(teacher).expanduser()
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    if (path / "config.json").is_file():
-        return path
-    raise ConfigError(
-        f"strategy.teacher={str(teacher)!r}: neither a finished run (with model/config.json) nor a saved model "
-        "directory (config.json), nor a soft-label CSV file"
-    )
+    try:
+        return resolve_model_path(path, "auto")[1]
+    except RunFormatError as exc:
+        if path.is_dir() and (path / HF_CONFIG_FILE).is_file():
+            return path
+        raise ConfigError(
+            f"strategy.teacher={str(teacher)!r}: {exc}. A teacher is a finished run, an exported model or ensemble "
+            "bundle, a save_pretrained directory, or a soft-label CSV file"
+        ) from None
 
 
 def soft_labels_from_file(path: str | Path, ids: Sequence[str], label_names: Sequence[str]) -> torch.Tensor:
     """Log-probabilities for ``ids`` (in that order, columns in ``label_names`` order) from a predictions-format CSV."""
-    from agnews.artifacts import read_predictions
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"soft-label file {str(path)!r} does not exist")
     try:
-        file_ids, _, probs, file_labels = read_predictions(path)
-    except (ValueError, IndexError, StopIteration) as exc:
-        raise DataError(f"soft-label file {str(path)!r} is not in the predictions format (id,label,pred,prob_*): {exc}")
-    if sorted(file_labels) != sorted(label_names):
+        table = read_predictions(path)
+    except DataError as exc:
         raise DataError(
-            f"soft-label file {str(path)!r} has probability columns for {file_labels}, the run's labels are "
+            f"soft-label file {str(path)!r} is not in the predictions format (id,label,pred,prob_*): {exc}"
+        ) from None
+    if sorted(table.label_names) != sorted(label_names):
+        raise DataError(
+            f"soft-label file {str(path)!r} has probability columns for {table.label_names}, the run's labels are "
             f"{list(label_names)}"
         )
-    probs = probs[:, [file_labels.index(name) for name in label_names]]
-    row_of = {example_id: row for row, example_id in enumerate(file_ids)}
+    row_of = {example_id: row for row, example_id in enumerate(table.ids)}
     missing = [example_id for example_id in ids if example_id not in row_of]
     if missing:
         raise DataError(
             f"soft-label file {str(path)!r} lacks {len(missing)} of the {len(ids)} training examples "
             f"(e.g. {missing[:5]}); it must hold a row for every id of the training split"
         )
-    probs = probs[[row_of[example_id] for example_id in ids]].clamp_min(MIN_PROB)
-    return (probs / probs.sum(dim=-1, keepdim=True)).log()
+    columns = [table.label_names.index(name) for name in label_names]
+    probs = table.probs[np.ix_([row_of[example_id] for example_id in ids], columns)].clip(MIN_PROB, None)
+    return torch.from_numpy(np.log(probs / probs.sum(axis=1, keepdims=True))).float()
 
 
 def _fingerprint_dir(path: Path) -> list:
@@ -230,8 +239,9 @@ class Distillation(ClassificationModule):
         from safetensors.torch import save_file
 
         model_dir = teacher_model_dir(self.teacher)
-        info_path = model_dir / "agnews_model.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        # The teacher's own max length (from its facts, read without loading it: a cache hit loads no model).
+        info_path = model_dir / MODEL_INFO_FILE
+        info = read_json(info_path) if info_path.is_file() else {}
         teacher_max_length = int(info.get("max_length") or max_length)
         path = self._cache_path(model_dir, ids, texts, teacher_max_length)
         if path.is_file():
@@ -249,44 +259,35 @@ class Distillation(ClassificationModule):
         log.info("Teacher scored %d training examples; cached at %s", len(ids), path)
         return log_probs
 
-    def load_teacher(self, model_dir: Path):
-        """The teacher model (eval mode) and its own tokenizer: teacher and student may tokenize differently."""
-        from agnews.models.exported import load_classifier
-
-        loaded = load_classifier(model_dir)  # plain, merged LoRA/IA3, or a prompt/prefix adapter over its base
-        model, tokenizer = loaded.model, loaded.tokenizer
-        teacher_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        if teacher_labels != self.label_names:
+    def load_teacher(self, model_dir: Path, max_length: int | None = None) -> Predictor:
+        """The teacher as a :class:`Predictor` on the student's device, with its own tokenizer (teacher and student may
+        tokenize differently). ``max_length`` is used only for a bare save_pretrained folder, which records none."""
+        device = str(self.trainer.strategy.root_device) if self._trainer is not None else "cpu"
+        if (model_dir / MODEL_INFO_FILE).is_file() or (model_dir / BUNDLE_MANIFEST_FILE).is_file():
+            predictor = Predictor.from_path(model_dir, device=device, batch_size=self.teacher_batch_size)
+        else:  # a bare save_pretrained folder: label names from its config, the student's max length
+            config = read_json(model_dir / HF_CONFIG_FILE)
+            id2label = config.get("id2label") or {}
+            info = {
+                "label_names": [id2label[key] for key in sorted(id2label, key=int)],
+                "max_length": int(max_length or self.trainer.datamodule.max_length),
+            }
+            model = load_model_dir(model_dir, info, backend="torch", device=device, batch_size=self.teacher_batch_size)
+            predictor = Predictor(model, info["label_names"], info, str(model_dir))
+        if predictor.label_names != self.label_names:
             raise ConfigError(
-                f"strategy.teacher={self.teacher!r} predicts labels {teacher_labels}, the student {self.label_names}"
+                f"strategy.teacher={self.teacher!r} predicts labels {predictor.label_names}, the student {self.label_names}"
             )
-        return model, tokenizer
+        return predictor
 
-    @torch.no_grad()
     def score_with_teacher(self, model_dir: Path, texts: Sequence[str], max_length: int) -> torch.Tensor:
-        from agnews.data.batching import DynamicPaddingCollator, SortedEvalBatchSampler, TokenizedDataset
-        from agnews.data.tokenization import tokenize_texts
-
-        model, tokenizer = self.load_teacher(model_dir)
-        info_path = model_dir / "agnews_model.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        model.to(device)
-        tokenized = tokenize_texts(tokenizer, list(texts), max_length)
-        dataset = TokenizedDataset(tokenized, [0] * len(texts))
-        collate = DynamicPaddingCollator(
-            tokenizer.pad_token_id, tokenizer.padding_side,
-            global_attention_first_token=bool(info.get("global_attention_first_token", False)),
-        )
-        out = torch.empty(len(texts), len(self.label_names))
-        for rows in SortedEvalBatchSampler(dataset.lengths, self.teacher_batch_size):
-            batch = collate([dataset[i] for i in rows])
-            inputs = {k: v.to(device) for k, v in self.model_inputs(batch).items()}
-            logits = model(**inputs).logits.float()
-            out[batch["index"]] = torch.log_softmax(logits, dim=-1).cpu()
-            self.teacher_examples_scored += len(rows)
-        del model
-        return out
+        """Teacher log-probabilities ``[n, classes]`` through the project's one inference loop (:class:`Predictor`):
+        the exact log-softmax of a single model's logits; for an ensemble bundle, the log of its clamped average."""
+        predictor = self.load_teacher(model_dir, max_length)
+        log_probs = predictor.predict_log_proba(list(texts), min_prob=MIN_PROB)
+        self.teacher_examples_scored += len(texts)
+        del predictor
+        return torch.from_numpy(log_probs).float()
 
     # ---- training ------------------------------------------------------------------------------------------------
     def training_loss(self, batch: dict) -> torch.Tensor:

@@ -297,18 +297,23 @@ def meta_evaluate_run(
     permute_labels: bool = False,
     head_init: str = "keep",
 ) -> dict:
-    """:func:`meta_evaluate` on a finished run: its exported ``<run>/model`` and its ``split`` rebuilt from the run's
-    ``config.yaml`` (same source, seed and sizes as the run)."""
-    from pathlib import Path
+    """:func:`meta_evaluate` on a finished run: its exported model and its ``split`` rebuilt from the run's resolved
+    config (same source, seed and sizes as the run; :func:`agnews.data.run_splits.load_run_split`).
 
+    Loading goes through :func:`agnews.runs.load_run` and :func:`agnews.models.exported.load_classifier`, but scoring
+    does not use :class:`agnews.inference.Predictor`: each episode fine-tunes the torch module's (fast) weights on its
+    support set before scoring the query set, and the Predictor only runs a fixed model. Tokenization and padding are
+    the training pipeline's own (the run's max length, padding side and Longformer global attention)."""
     from agnews.data.batching import DynamicPaddingCollator, TokenizedDataset
+    from agnews.data.run_splits import load_run_split
     from agnews.data.tokenization import tokenize_texts
-    from agnews.evaluation.robustness import load_split
     from agnews.models.exported import load_classifier
+    from agnews.runs import load_run
 
-    loaded = load_classifier(Path(run_dir) / "model")
+    run = load_run(run_dir)
+    loaded = load_classifier(run.require_model())
     model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
-    data = load_split(Path(run_dir), split, data_dir)
+    data = load_run_split(run, split, data_dir)
     dataset = TokenizedDataset(tokenize_texts(tokenizer, data.texts, loaded.max_length), data.labels)
     collate = DynamicPaddingCollator(
         tokenizer.pad_token_id, info.get("padding_side", tokenizer.padding_side),

@@ -2,15 +2,15 @@
 
 :class:`SweepSummaryCallback` (registered under ``hydra.callbacks`` in conf/hydra/default.yaml) rebuilds the summary
 from the job directories after every job (a killed sweep still leaves an up-to-date table) and at the end of the
-multirun. Everything is read back from files each job writes: ``.hydra/overrides.yaml``, ``metrics.json``,
-``error.txt`` / ``pruned.txt`` (written by :mod:`agnews.train`), so it works for any launcher and sweeper, and
-``python -m agnews.sweeps.summary <sweep_dir>`` rebuilds it by hand.
+multirun. Everything is read back from files each job writes (names from :mod:`agnews.runs`): Hydra's overrides, the
+metrics file, the error / pruned notes written by :mod:`agnews.train`, so it works for any launcher and sweeper, and
+``python -m agnews.sweeps.summary <sweep_dir>`` rebuilds it by hand. A job need not have finished: its status comes
+from which of those files exist.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -21,6 +21,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from agnews.runs import ERROR_FILE, HYDRA_DIR, METRICS_FILE, OVERRIDES_FILE, PRUNED_FILE, RunFormatError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def _is_internal(override: str) -> bool:
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
+    path = job_dir / HYDRA_DIR / OVERRIDES_FILE
     from omegaconf import OmegaConf
 
     return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
@@ -54,12 +56,12 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     sweep_dir = Path(sweep_dir)
     # Job dirs are <sweep dir>/<hydra.sweep.subdir>; the subdir may be nested (e.g. an override_dirname with '/').
-    job_dirs = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    job_dirs = {p.parent.parent for p in sweep_dir.rglob(OVERRIDES_FILE) if p.parent.name == HYDRA_DIR}
     for job_dir in sorted(job_dirs - {sweep_dir}, key=_job_sort_key):
         overrides = [o for o in _read_overrides(job_dir) if not _is_internal(o)]
         name = job_dir.relative_to(sweep_dir).as_posix()
         row: dict[str, Any] = {"job": name, "overrides": overrides, "error": "", "run_dir": str(job_dir)}
-        metrics_file, error_file, pruned_file = job_dir / "metrics.json", job_dir / "error.txt", job_dir / "pruned.txt"
+        metrics_file, error_file, pruned_file = job_dir / METRICS_FILE, job_dir / ERROR_FILE, job_dir / PRUNED_FILE
         if error_file.is_file():
             row["status"] = "failed"
             row["error"] = error_file.read_text().split("\n", 1)[0].strip()
@@ -70,7 +72,10 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             row["status"] = "ok"
         else:
             row["status"] = "running/killed"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        try:
+            metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+        except RunFormatError as exc:  # a metrics file cut short (a job killed while writing it): show, don't crash
+            metrics, row["status"], row["error"] = {}, "failed", str(exc)
         for split in ("val", "test"):
             for metric in ("accuracy", "f1_macro"):
                 value = metrics.get(split, {}).get(metric)

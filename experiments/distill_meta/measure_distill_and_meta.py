@@ -9,9 +9,11 @@
       * ``distill``: strategy=distill on the teacher (kd_weight 0.5, ce_weight 0.5, T=2, the YAML defaults);
       * ``no-teacher``: the same command with kd_weight=0, ce_weight=1 (pure cross-entropy on the gold labels: plain
         fine-tuning, the same layer cut, the same rows, batches and steps; the teacher's cached outputs are unused).
-    Test accuracy: the runs' own metrics.json (full 7,600-row test split). Inference speed: this process scores the
-    full test split with teacher and distilled student, same batch size (256, length-sorted batches), bf16 autocast,
-    torch.inference_mode, 2 threads; examples/s excludes tokenisation, includes collation.
+    Test accuracy: the runs' own metrics (full 7,600-row test split). Inference speed: this process scores the
+    full test split with teacher and distilled student through agnews.inference.Predictor (torch backend), same batch
+    size (256, length-sorted batches), bf16 autocast, torch.inference_mode, 2 threads; examples/s includes
+    tokenisation and padding (the Predictor's whole call); the speed results recorded in RESULTS.md before the
+    scoring moved to the Predictor excluded tokenisation.
 (2) Meta-learning, label-permuted 4-way K-shot episodes (each episode reads its classes at the head's slots in a
     seeded random order, so no arm can score above chance without adapting). First-order MAML and Reptile meta-train
     the pretrained MiniLM for ``--meta-steps`` outer steps on ``--meta-train-rows`` training rows with
@@ -38,6 +40,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from agnews.runs import RunFormatError, load_run
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -100,8 +104,8 @@ def run_cli(name: str, overrides: list[str], workdir: Path, budget: Budget, resu
         entry["error_tail"] = tail
         print(f"  FAILED ({rc}) after {entry['wall_s']} s\n{tail}", flush=True)
     else:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        manifest = json.loads((run_dir / "run.json").read_text())
+        run = load_run(run_dir)
+        metrics, manifest = run.metrics, run.manifest
         entry["metrics"] = {
             split: {k: round(metrics[split][k], 4) for k in ("accuracy", "f1_macro")} | {
                 "num_examples": metrics[split].get("num_examples")}
@@ -118,30 +122,18 @@ def run_cli(name: str, overrides: list[str], workdir: Path, budget: Budget, resu
 
 # ---- inference speed --------------------------------------------------------------------------------------------------
 def score_split(model_dir: Path, texts: list[str], labels: list[int], batch_size: int) -> dict:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Accuracy and examples/s of one exported model through the project's inference loop (bf16 autocast)."""
+    import numpy as np
 
-    from agnews.data.batching import DynamicPaddingCollator, SortedEvalBatchSampler, TokenizedDataset
-    from agnews.data.tokenization import tokenize_texts
-    from agnews.strategies.base import ClassificationModule
+    from agnews.inference import Predictor
 
-    info = json.loads((model_dir / "agnews_model.json").read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = TokenizedDataset(tokenize_texts(tokenizer, texts, int(info["max_length"])), labels)
-    collate = DynamicPaddingCollator(tokenizer.pad_token_id, info.get("padding_side", tokenizer.padding_side))
-    batches = list(SortedEvalBatchSampler(dataset.lengths, batch_size))
-    preds = torch.full((len(texts),), -1, dtype=torch.long)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        warm = collate([dataset[i] for i in batches[len(batches) // 2]])  # one warm-up batch, not timed
-        model(**ClassificationModule.model_inputs(warm))
-        start = time.perf_counter()
-        for rows in batches:
-            batch = collate([dataset[i] for i in rows])
-            logits = model(**ClassificationModule.model_inputs(batch)).logits.float()
-            preds[batch["index"]] = logits.argmax(dim=-1)
-        elapsed = time.perf_counter() - start
-    accuracy = float((preds == torch.tensor(labels)).float().mean())
+    predictor = Predictor.from_path(model_dir, backend="torch", precision="bf16", batch_size=batch_size)
+    predictor.predict_proba(texts[:batch_size])  # one warm-up batch, not timed
+    start = time.perf_counter()
+    preds = predictor.predict_proba(texts).argmax(axis=1)
+    elapsed = time.perf_counter() - start
+    accuracy = float((preds == np.asarray(labels)).mean())
+    model = predictor.model.backend.model  # the torch module, for its size
     return {
         "model_dir": rel(model_dir),
         "layers": model.config.num_hidden_layers,
@@ -156,16 +148,16 @@ def score_split(model_dir: Path, texts: list[str], labels: list[int], batch_size
 def measure_speed(teacher: Path, student: Path, batch_size: int, max_rows: int | None, results: dict) -> None:
     import torch
 
-    from agnews.evaluation.robustness import load_split
+    from agnews.data.run_splits import load_run_split
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))  # 2 cores; fewer when the caller says so
-    test = load_split(teacher, "test")
+    test = load_run_split(teacher, "test")
     texts, labels = list(test.texts), list(test.labels)
     if max_rows:
         texts, labels = texts[:max_rows], labels[:max_rows]
     load_before = os.getloadavg()[0]
     out = {"batch_size": batch_size, "precision": "bf16 autocast", "threads": torch.get_num_threads()}
-    for name, model_dir in (("teacher", teacher / "model"), ("student", student / "model")):
+    for name, model_dir in (("teacher", load_run(teacher).require_model()), ("student", load_run(student).require_model())):
         print(f"[{now_utc():%H:%M:%S}] speed: {name}", flush=True)
         out[name] = score_split(model_dir, texts, labels, batch_size)
         print(f"  {out[name]}", flush=True)
@@ -182,10 +174,14 @@ def ensure_teacher(args, workdir: Path, budget: Budget, results: dict) -> Path |
     """The teacher run: ``--teacher`` when it has an exported model; the default one missing -> build it with the
     quickstart recipe in ``<workdir>/teacher`` (in smoke mode on the smoke sizes)."""
     teacher = args.teacher.resolve()
-    if (teacher / "model" / "config.json").is_file():
-        return teacher
+    try:
+        if load_run(teacher).has_model:
+            return teacher
+        problem = "exported no model"
+    except RunFormatError as exc:
+        problem = str(exc)
     if args.teacher != DEFAULT_TEACHER:
-        raise SystemExit(f"teacher {teacher} has no model/")
+        raise SystemExit(f"teacher {teacher}: {problem}")
     print(f"default teacher {rel(teacher)} is missing: building it (quickstart recipe)", flush=True)
     entry = run_cli("teacher", ["data.train_size=128", *SMOKE_EVAL] if args.smoke else [], workdir, budget, results)
     return workdir / "teacher" if entry.get("returncode") == 0 else None
@@ -196,8 +192,7 @@ def run_distill(args, workdir: Path, budget: Budget, results: dict, save) -> Non
     save()
     if teacher is None:
         return
-    tm = json.loads((teacher / "metrics.json").read_text())
-    tr = json.loads((teacher / "run.json").read_text())
+    tm, tr = load_run(teacher).metrics, load_run(teacher).manifest
     results["teacher"] = {
         "run_dir": rel(teacher), "test_accuracy": tm.get("test", {}).get("accuracy"),
         "test_f1_macro": tm.get("test", {}).get("f1_macro"), "train_rows": tr["data"]["sizes"]["train"],
@@ -309,9 +304,10 @@ class MetaEval:
 
 
 def load_exported(run_dir: Path):
-    from transformers import AutoModelForSequenceClassification
+    """The run's exported torch module: meta-evaluation adapts its weights per episode, so no Predictor here."""
+    from agnews.models.exported import load_classifier
 
-    return AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
+    return load_classifier(load_run(run_dir).require_model()).model
 
 
 def run_meta(args, workdir: Path, budget: Budget, results: dict, save) -> None:

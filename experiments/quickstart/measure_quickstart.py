@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from agnews.runs import load_run
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
@@ -37,8 +39,8 @@ def run_once(seed: int, overrides: list[str], workdir: Path) -> dict:
     load = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
     if result.returncode != 0:
         raise SystemExit(f"quickstart failed (seed {seed}):\n{result.stderr[-4000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    manifest = json.loads((run_dir / "run.json").read_text())
+    run = load_run(run_dir)
+    metrics, manifest = run.metrics, run.manifest
     return {
         "seed": seed,
         "wall_s": round(wall, 1),

@@ -12,7 +12,7 @@ then, for the robustness arms, ``python -m agnews.evaluation.robustness --run <w
 rows of the test split, the same for every arm; the default suite: 7 perturbations x rates 0.1, 0.3).
 
 Per arm: clean test accuracy (every row of the test split that the run scores), robustness clean/perturbed accuracy and
-score, fit seconds / optimizer steps (run.json), the median wall time of one training step (step_timer callback,
+score, fit seconds / optimizer steps (the run manifest), the median wall time of one training step (step_timer callback,
 first step excluded), trainable parameters (step_timer: parameters with requires_grad when training starts) and the
 peak resident memory of the training process (``ru_maxrss`` of that child, from ``os.wait4``).
 
@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from agnews.runs import load_run
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -112,13 +114,11 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
         row["error"] = (workdir / f"{arm}.train.log").read_text()[-3000:]
         row["load_avg_1min"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
         return row
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    manifest = json.loads((run_dir / "run.json").read_text())
+    run = load_run(run_dir)
+    metrics, manifest = run.metrics, run.manifest
     steps = json.loads((run_dir / "step_times.json").read_text()) if (run_dir / "step_times.json").is_file() else {}
     fit_s = manifest["timings_s"]["fit"]
-    from omegaconf import OmegaConf
-
-    row["lr"] = OmegaConf.load(run_dir / "config.yaml").strategy.optimizer.lr
+    row["lr"] = run.config["strategy"]["optimizer"]["lr"]
     row.update({
         "train_rows": manifest["data"]["sizes"]["train"],
         "val_rows": manifest["data"]["sizes"].get("val"),
@@ -146,15 +146,13 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
         row["robustness_run"] = rchild
         if rchild["rc"] == 0:
             report = json.loads((run_dir / "robustness.json").read_text())
-            pred_file = run_dir / "predictions" / "test.csv"
-            if pred_file.is_file():
+            if "test" in run.splits:
                 # The same rows scored by the training run (bf16-mixed autocast): a cross-check of the fp32 clean pass.
-                import csv
-
-                with pred_file.open(newline="") as handle:
-                    by_id = {r["id"]: r for r in csv.DictReader(handle)}
-                chosen = [by_id[i] for i in report["ids"] if i in by_id]
-                row["test_accuracy_sample_bf16"] = round(sum(r["label"] == r["pred"] for r in chosen) / max(1, len(chosen)), 4)
+                stored = run.predictions("test")
+                row_of = {example_id: row for row, example_id in enumerate(stored.ids)}
+                chosen = [row_of[i] for i in report["ids"] if i in row_of]
+                hits = int((stored.preds[chosen] == stored.labels[chosen]).sum()) if chosen else 0
+                row["test_accuracy_sample_bf16"] = round(hits / max(1, len(chosen)), 4)
 
             row["robust_sample_label_counts"] = report.get("label_counts")
             row["robustness"] = {

@@ -7,7 +7,7 @@ Three steps, all through the real CLI (``python -m agnews.train``):
    work as its one-by-one twin), timed from the command's start to its exit;
 2. one by one: each trial's exact overrides (stored in the study) run again as separate single runs, each timed.
 
-Reported per trial (seconds): the wall time in each arm, the time inside the job (``run.json`` timings: build, data,
+Reported per trial (seconds): the wall time in each arm, the time inside the job (the run manifest's timings: build, data,
 fit, evaluate), and the rest = overhead: in the sweep, everything outside the jobs (interpreter start, Hydra,
 optuna ask/tell and storage writes, per-job config composition, the summary callback) divided by the trials; one by
 one, each command's wall time minus its job time (interpreter start, imports, Hydra).
@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from agnews.runs import load_run
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
@@ -52,7 +54,7 @@ def cli(args: list[str], env: dict, log: Path) -> float:
 
 
 def job_seconds(run_dir: Path) -> float:
-    timings = json.loads((run_dir / "run.json").read_text())["timings_s"]
+    timings = load_run(run_dir).manifest["timings_s"]
     return float(sum(timings.values()))
 
 
@@ -108,7 +110,7 @@ def main() -> None:
         overrides = [o for o in trial.user_attrs["agnews_overrides"] if not o.startswith(INTERNAL)]
         single_dir = workdir / "single" / f"trial_{trial.number:04d}"
         wall = cli([*overrides, f"hydra.run.dir={single_dir}"], env, workdir / f"single_{trial.number}.log")
-        single_metrics = json.loads((single_dir / "metrics.json").read_text())
+        single_metrics = load_run(single_dir).metrics
         rows.append({
             "trial": trial.number,
             "params": trial.params,

@@ -11,12 +11,13 @@ max length 128, AdamW lr 5e-5 with linear warm-up/decay and the same warm-up ste
   E  HF Trainer, dynamic padding, bf16=True (CPU autocast): the like-for-like comparison for D
 
 Throughput = training rows / wall seconds of the training call only: ``Trainer.train()`` for HF, ``lightning.Trainer.fit``
-for agnews (timed by wrapping ``Trainer.fit`` in this process; ``run.json``'s ``timings_s.fit`` is recorded as a cross-check:
-it also counts building the Lightning trainer and saving config.yaml). Tokenization, model loading, export and scoring are
-outside the timed region for every arm.
+for agnews (timed by wrapping ``Trainer.fit`` in this process; the run manifest's ``timings_s.fit`` is recorded as a
+cross-check: it also counts building the Lightning trainer and saving the resolved config). Tokenization, model loading,
+export and scoring are outside the timed region for every arm.
 
-Accuracy: every arm's trained weights are scored by one function (:func:`evaluate`): fp32, batch 256, batches sorted by
-length, dynamic padding, on the same held-out rows (default: the full 7,600-row test split).
+Accuracy: every arm's trained weights are scored by one function (:func:`evaluate`, through the project's
+``agnews.inference.Predictor``): fp32, batch 256, batches sorted by length, dynamic padding, on the same held-out rows
+(default: the full 7,600-row test split).
 
 Run from the repository root:  .venv/bin/python experiments/throughput/hf_trainer_vs_agnews.py --help
 """
@@ -57,6 +58,8 @@ except ImportError:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from agnews.runs import load_run  # noqa: E402
 
 log = logging.getLogger("throughput")
 
@@ -217,7 +220,7 @@ def agnews_overrides(arm: str, args: argparse.Namespace) -> list[str]:
         "logger=none",
         "trainer.limit_val_batches=0",
         "evaluate.splits=[]",
-        "evaluate.export_model=true",  # the exported model/ is what evaluate() scores
+        "evaluate.export_model=true",  # the exported model is what evaluate() scores
         # callbacks=none does not stop Lightning from adding its own ModelCheckpoint (enable_checkpointing defaults to
         # True), which would save a ~270 MB checkpoint inside the timed fit; HF arms use save_strategy="no".
         "++trainer.enable_checkpointing=false",
@@ -267,27 +270,23 @@ def load_rows(cfg, eval_rows: int, seed: int):
 # ---------------------------------------------------------------------------------------------------------------------
 # the one evaluation function every arm goes through
 # ---------------------------------------------------------------------------------------------------------------------
-def evaluate(model, eval_ids: list[list[int]], eval_labels: list[int], pad_token_id: int, num_labels: int) -> dict:
-    """fp32, no autocast, batch 256, batches sorted by length (longest first), right padding to each batch's longest."""
-    model = model.float().eval()
-    lengths = np.array([len(x) for x in eval_ids])
-    order = np.argsort(-lengths, kind="stable")
-    preds = np.empty(len(eval_ids), dtype=np.int64)
+def evaluate(model, tokenizer, texts: list[str], eval_labels: list[int], label_names: list[str]) -> dict:
+    """fp32, no autocast, batch 256, batches sorted by length (longest first), right padding to each batch's longest:
+    the in-memory model (an HF arm's or agnews') behind :class:`agnews.inference.Predictor` (seconds include
+    tokenization)."""
+    from agnews.inference import Predictor
+    from agnews.inference.backends.torch_backend import TorchBackend
+    from agnews.inference.encoding import TextEncoder
+    from agnews.inference.transformer import TransformerModel
+
+    encoder = TextEncoder(tokenizer, MAX_LENGTH, "right")
+    backend = TorchBackend(model.float(), precision="fp32", device="cpu")
+    predictor = Predictor(TransformerModel(encoder, backend, len(label_names), EVAL_BATCH_SIZE), label_names)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(order), EVAL_BATCH_SIZE):
-            idx = order[i : i + EVAL_BATCH_SIZE]
-            longest = int(lengths[idx].max())
-            input_ids = torch.full((len(idx), longest), pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(idx), longest), dtype=torch.long)
-            for row, j in enumerate(idx):
-                ids = eval_ids[j]
-                input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-                attention_mask[row, : len(ids)] = 1
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            preds[idx] = logits.argmax(dim=-1).numpy()
+    preds = predictor.predict_proba(texts).argmax(axis=1)
     seconds = time.perf_counter() - start
     labels = np.asarray(eval_labels)
+    num_labels = len(label_names)
     f1s = []
     for c in range(num_labels):
         tp = int(((preds == c) & (labels == c)).sum())
@@ -456,7 +455,8 @@ def run_agnews(arm: str, cfg) -> tuple[dict, object]:
     record: dict = {}
     with timed_lightning_fit(record):
         train(cfg)
-    manifest = json.loads((out_dir / "run.json").read_text())
+    run_dir = load_run(out_dir)
+    manifest = run_dir.manifest
     record.update(
         {
             "run_json_timings_s": manifest.get("timings_s"),
@@ -467,7 +467,7 @@ def run_agnews(arm: str, cfg) -> tuple[dict, object]:
             "checkpoints_written": sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*.ckpt")),
         }
     )
-    trained = AutoModelForSequenceClassification.from_pretrained(out_dir / "model")
+    trained = AutoModelForSequenceClassification.from_pretrained(run_dir.require_model())
     return record, trained
 
 
@@ -634,7 +634,6 @@ def measure(args: argparse.Namespace, work_dir: Path, threads: int, model_path: 
     # agnews' linear_warmup_decay: warm-up = round(warmup_ratio * total steps); HF gets the same count as an int.
     warmup_steps = max(0, min(int(round(float(base_cfg.strategy.scheduler.warmup_ratio) * steps)), steps))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    eval_ids = tokenizer(list(held_out.texts), truncation=True, max_length=MAX_LENGTH)["input_ids"]
     log.info("train rows %d (%d steps, %d warm-up), eval rows %d, threads %d, arms %s",
              len(train_split), steps, warmup_steps, len(held_out), threads, ",".join(args.arms))
 
@@ -698,7 +697,7 @@ def measure(args: argparse.Namespace, work_dir: Path, threads: int, model_path: 
             run["final_fingerprint"] = state_fingerprint(model)
             if round_index == 0:
                 prepare_threads(threads, matmul_precision)
-                run["eval"] = evaluate(model, eval_ids, held_out.labels, tokenizer.pad_token_id, len(label_names))
+                run["eval"] = evaluate(model, tokenizer, list(held_out.texts), held_out.labels, label_names)
             del model
             gc.collect()
             runs[arm].append(run)
