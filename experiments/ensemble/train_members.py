@@ -21,16 +21,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 SAME_SPLIT = ["data.seed=42", "data.val_size=1000"]
+# Each member trains on ONE dedicated core (the run is pinned with taskset by the caller; see RESULTS.md): a budget
+# stated per core, not one that depends on what else the machine was doing.
+ONE_CORE = ["torch_threads=1"]
 MEMBERS = {
     # the quickstart recipe: 12,000 rows, 1 epoch, max length 64, bf16 autocast
-    "minilm_q42": ["-m", "agnews.train", "experiment=quickstart", "seed=42", *SAME_SPLIT],
+    "minilm_q42": ["-m", "agnews.train", "experiment=quickstart", "seed=42", *SAME_SPLIT, *ONE_CORE],
     # the same recipe on all 62,840 remaining shared train rows
-    "minilm_full": ["-m", "agnews.train", "experiment=quickstart", "data.train_size=null", "seed=42", *SAME_SPLIT],
-    "minilm_q7": ["-m", "agnews.train", "experiment=quickstart", "seed=7", *SAME_SPLIT],
+    "minilm_full": ["-m", "agnews.train", "experiment=quickstart", "data.train_size=null", "seed=42", *SAME_SPLIT, *ONE_CORE],
+    "minilm_q7": ["-m", "agnews.train", "experiment=quickstart", "seed=7", *SAME_SPLIT, *ONE_CORE],
     # a 3-layer student distilled from minilm_full on the quickstart rows
     "student3": [
         "-m", "agnews.train", "experiment=quickstart", "strategy=distill", f"strategy.teacher={RUNS / 'minilm_full'}",
-        "strategy.student_layers=3", "seed=42", *SAME_SPLIT,
+        "strategy.student_layers=3", "seed=42", *SAME_SPLIT, *ONE_CORE,
     ],
     # TF-IDF word + char n-grams, calibrated linear classifier, all train rows
     "tfidf": ["-m", "agnews.baseline", "data.train_size=null", "seed=42", *SAME_SPLIT],
@@ -47,11 +50,13 @@ def main() -> int:
         command = [sys.executable, *MEMBERS[name], f"hydra.run.dir={RUNS / name}"]
         print("+", " ".join(command[1:]), flush=True)
         started, load_before = time.perf_counter(), os.getloadavg()[0]
+        cores = sorted(os.sched_getaffinity(0))
         subprocess.run(command, check=True)
         wall = round(time.perf_counter() - started, 1)
         record[name] = {
             "command": "python " + " ".join(command[1:]).replace(str(HERE.parent.parent) + "/", ""),
             "wall_s": wall,
+            "cpu_affinity": cores,
             "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
