@@ -6,11 +6,11 @@ VENV ?= .venv
 # The CPU wheel of torch 2.13.0 is what this project is developed against; a newer, unpinned torch
 # would pull a multi-GB CUDA build. On a GPU machine: make TORCH_SPEC="torch==2.13.0" (CUDA wheel from PyPI).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble
+EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble,serve
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
 
-.PHONY: install system-deps quickstart train test test-slow test-gpu test-all bench-startup bench-throughput bench-quickstart clean
+.PHONY: install system-deps quickstart train test test-slow test-gpu test-all serve bench-serving bench-startup bench-throughput bench-quickstart clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ test: install system-deps
 
 test-slow: install system-deps
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# make serve RUN=outputs/quickstart/runs/<run> [ARGS="port=3000 grpc_port=50051 batching.enabled=false"]
+serve: install
+	$(BIN)/python -m agnews.serve run=$(RUN) $(ARGS)
+
+bench-serving: install
+	$(BIN)/python experiments/serving/load_test.py --run $(RUN) $(if $(ARGS),-- $(ARGS))
 
 # On a machine with a CUDA GPU (and TensorRT): GPU tests fail, not skip, when no GPU is found.
 test-gpu: install
