@@ -57,7 +57,9 @@ def parse_args() -> argparse.Namespace:
 
 def export(run: Path, target: Path, reuse: bool) -> tuple[Path, float | None]:
     """Export through the CLI (what a user runs); returns the folder and the wall time of the command."""
-    if reuse and (target / "export.json").is_file():
+    from agnews.runs import EXPORT_INFO_FILE
+
+    if reuse and (target / EXPORT_INFO_FILE).is_file():
         return target, None
     command = [sys.executable, "-m", "agnews.export", f"run={run}", "quantize=int8", f"output_dir={target}",
                f"hydra.run.dir={target.parent / '.export_logs'}"]
@@ -117,16 +119,16 @@ def main() -> None:
 
     import common
     from agnews.data.run_splits import load_run_split
-    from agnews.runs import load_run
+    from agnews.runs import EXPORT_DIR, EXPORT_INFO_FILE, load_run
 
     torch.set_num_threads(args.threads)
     run = load_run(args.run)
     test = load_run_split(run, "test")
     texts, labels = test.texts[: args.rows], test.labels[: args.rows]
     with tempfile.TemporaryDirectory(prefix="agnews-inference-") as tmp:
-        target = args.export_dir or Path(tmp) / "export"
+        target = args.export_dir or Path(tmp) / EXPORT_DIR
         export_dir, export_seconds = export(run.path, target.absolute(), args.reuse_export)
-        export_info = json.loads((export_dir / "export.json").read_text())
+        export_info = json.loads((export_dir / EXPORT_INFO_FILE).read_text())
         results = {}
         for name in args.backends:
             options = BACKENDS[name]
