@@ -274,6 +274,31 @@ def test_weighted_and_bma_record_their_weights(tmp_path, fake_members):
     assert bma["combiner"]["params"]["weights"][0] > 0.99  # BMA puts (almost) everything on the best member
 
 
+def test_weighted_and_bma_score_val_out_of_fold(tmp_path, fake_members):
+    """Weights fitted on val would flatter val (and a method picked by val accuracy): val rows are scored with weights
+    fitted on the other folds, and the stored val predictions are exactly that recomputation."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from agnews.ensemble.combiners import optimise_weights
+    from agnews.runs import align_predictions
+
+    run = load_run(run_ensemble(tmp_path / "w", fake_members, "weighted", "bundle.enabled=false"))
+    fit = run.manifest["combiner"]["fit"]
+    assert run.manifest["combiner"]["val_predictions"].startswith("out-of-fold")
+    assert fit["val_log_loss_out_of_fold"] >= fit["val_log_loss_in_sample"] - 1e-12
+    members = align_predictions({str(i): load_run(m).predictions("val") for i, m in enumerate(fake_members)}, "val")
+    probs, labels = np.stack([m.probs for m in members]), members[0].labels
+    expected = np.full(probs.shape[1:], np.nan)
+    for fit_rows, held_out in StratifiedKFold(5, shuffle=True, random_state=42).split(np.zeros(len(labels)), labels):
+        weights = optimise_weights(probs[:, fit_rows], labels[fit_rows])[0]
+        expected[held_out] = np.tensordot(weights, probs[:, held_out], axes=1)
+    stored = run.predictions("val").select(members[0].ids)
+    np.testing.assert_allclose(stored.probs, expected, atol=2e-6)
+    # the final weights (all of val) are what test is scored with, so test differs from any single fold's weighting
+    bma = load_run(run_ensemble(tmp_path / "b", fake_members, "bma", "bundle.enabled=false")).manifest["combiner"]
+    assert bma["val_predictions"].startswith("out-of-fold")
+
+
 def test_a_rerun_into_the_same_folder_replaces_the_earlier_run(tmp_path, fake_members):
     out = run_ensemble(tmp_path / "ens", fake_members, "soft_vote", "bundle.enabled=false")
     (out / "bundle").mkdir()

@@ -29,7 +29,7 @@ from agnews.runs.metrics import log_loss
 @dataclass
 class Fitted:
     combination: Combination
-    val_probs: np.ndarray  # the ensemble on val: in-sample, or out-of-fold for stacking
+    val_probs: np.ndarray  # the ensemble on val: in-sample for voting, out-of-fold for fitted combiners
     val_source: str
     files: dict[str, Path] = field(default_factory=dict)  # combiner files for the bundle (name -> path)
     summary: dict = field(default_factory=dict)  # what run.json records about the fit
@@ -157,16 +157,47 @@ def fit_combiner(
         params = {"members": list(names), "weights": [1.0 / members] * members}
     elif method == "weighted":
         settings = config.get("weights") or {}
-        weights, summary = optimise_weights(
-            probs, labels, int(settings.get("maxiter", 1000)), float(settings.get("ftol", 1e-12))
-        )
+        maxiter, ftol = int(settings.get("maxiter", 1000)), float(settings.get("ftol", 1e-12))
+        weights, summary = optimise_weights(probs, labels, maxiter, ftol)
         params = {"members": list(names), "weights": weights.tolist()}
     else:  # bma
         weights, log_likelihood = bma_weights(probs, labels)
         params = {"members": list(names), "weights": weights.tolist(), "prior": "uniform"}
         summary = {"val_log_likelihood": dict(zip(names, log_likelihood.tolist()))}
     combination = Combination(method, params)
-    val_probs = combination(probs)
-    summary = {**summary, "val_log_loss": log_loss(val_probs, labels, LOG_EPS)}
-    return Fitted(combination, val_probs, "in-sample (nothing fitted)" if method in ("hard_vote", "soft_vote")
-                  else "in-sample (weights fitted on val)", {}, summary)
+    in_sample = combination(probs)
+    if method in ("hard_vote", "soft_vote"):
+        summary = {**summary, "val_log_loss": log_loss(in_sample, labels, LOG_EPS)}
+        return Fitted(combination, in_sample, "in-sample (nothing fitted)", {}, summary)
+    # Weights fitted on val would score val optimistically, and a method chosen by val accuracy would then be chosen
+    # for that optimism: report val out-of-fold, as stacking does (each fold scored with weights fitted without it).
+    folds = int((config.get("stacking") or {}).get("folds", 5))
+    if method == "weighted":
+        fit_weights = lambda p, y: optimise_weights(p, y, maxiter, ftol)[0]  # noqa: E731
+    else:
+        fit_weights = lambda p, y: bma_weights(p, y)[0]  # noqa: E731
+    val_probs = cross_fitted_weighting(probs, labels, fit_weights, folds, seed, label_names)
+    summary = {
+        **summary,
+        "val_log_loss_out_of_fold": log_loss(val_probs, labels, LOG_EPS),
+        "val_log_loss_in_sample": log_loss(in_sample, labels, LOG_EPS),
+    }
+    return Fitted(combination, val_probs, f"out-of-fold ({folds}-fold stratified cross-fitting of the weights)", {},
+                  summary)
+
+
+def cross_fitted_weighting(
+    probs: np.ndarray, labels: np.ndarray, fit_weights, folds: int, seed: int, label_names: Sequence[str]
+) -> np.ndarray:
+    """Out-of-fold ensemble probabilities [n, classes]: each fold weighted with weights fitted on the other folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from agnews.ensemble import stacking
+
+    stacking.check_fold_counts(labels, probs.shape[2], folds, label_names)
+    out = np.full(probs.shape[1:], np.nan)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fit_rows, held_out in splitter.split(np.zeros(len(labels)), labels):
+        weights = fit_weights(probs[:, fit_rows], labels[fit_rows])
+        out[held_out] = np.tensordot(weights, probs[:, held_out], axes=1)
+    return out

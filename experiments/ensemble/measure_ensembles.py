@@ -6,8 +6,8 @@ split (data.seed=42, 1,000 rows) and scored on the full 7,600-row test split. Fo
 
     python -m agnews.ensemble members=[...] method=<method> hydra.run.dir=<runs-dir>/ens_<method>
 
-in a subprocess and reports: val and test accuracy / macro-F1 (val of stacking is out-of-fold, of weighted/bma
-in-sample), a paired bootstrap 95 % CI (``--bootstrap`` resamples of the test rows, seeded) of the ensemble's test
+in a subprocess and reports: val and test accuracy / macro-F1 (val of stacking, weighted and bma is out-of-fold:
+k-fold cross-fitting; of the two votes in-sample, nothing is fitted), a paired bootstrap 95 % CI (``--bootstrap`` resamples of the test rows, seeded) of the ensemble's test
 accuracy minus the best member's (best by test accuracy: the strictest comparison), and the bundle's cold load: a fresh
 interpreter timing ``import agnews.inference``, ``Predictor.from_path(<run>/bundle)`` (checksums included) and a first
 ``predict_proba`` on ``--load-texts`` test texts, with its peak RSS; those texts' bundle probabilities are compared with
@@ -272,7 +272,7 @@ def main() -> int:
         + (f"; skipped: {', '.join(f'{k} ({v})' for k, v in skipped.items())}" if skipped else "") + "):\n\n"
         + member_table + "\n\n" + method_table + "\n\n" + summary + "\n\n"
         + f"Δ: paired bootstrap over the test rows ({args.bootstrap} resamples, seed {args.seed}). Val of stacking_*: "
-        "out-of-fold (k-fold cross-fitting); of weighted/bma: in-sample. Cold load: a fresh interpreter, import + "
+        "out-of-fold (k-fold cross-fitting, weights refitted per fold for weighted/bma); of voting: in-sample (nothing fitted). Cold load: a fresh interpreter, import + "
         f"Predictor.from_path(bundle) (SHA-256 of every file) + predict_proba on {len(load_ids)} test texts, "
         f"transformers members at {args.precision}.\n"
     )

@@ -45,7 +45,6 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(MEMBERS), default=list(MEMBERS))
     args = parser.parse_args()
     record_path = HERE / "members.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     for name in args.only:
         command = [sys.executable, *MEMBERS[name], f"hydra.run.dir={RUNS / name}"]
         print("+", " ".join(command[1:]), flush=True)
@@ -53,6 +52,8 @@ def main() -> int:
         cores = sorted(os.sched_getaffinity(0))
         subprocess.run(command, check=True)
         wall = round(time.perf_counter() - started, 1)
+        # Re-read before writing: two invocations may train members side by side (one per core).
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         record[name] = {
             "command": "python " + " ".join(command[1:]).replace(str(HERE.parent.parent) + "/", ""),
             "wall_s": wall,

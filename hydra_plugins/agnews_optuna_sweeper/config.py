@@ -17,7 +17,8 @@ class AgnewsOptunaSweeperConf:
     study_name: str = "agnews"
     # null: an Optuna JournalStorage file at <repo>/sweeps/<study_name>/journal.log (no server, resumable).
     # A path (no "://"): a journal file there. A URL (sqlite:///..., postgresql://user:pw@host/db, mysql+pymysql://...):
-    # Optuna's RDBStorage, which workers on several machines can share.
+    # Optuna's RDBStorage, which workers on several machines can share. Workers send heartbeats: a killed worker's
+    # trial is marked FAIL and queued again with the same params (at most twice; docs/sweeps.md).
     storage: Optional[str] = None
     # Total trials of the study (over every run and every worker): COMPLETE + PRUNED + FAIL (job errors).
     n_trials: int = 20
