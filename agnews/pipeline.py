@@ -126,6 +126,11 @@ def _last_checkpoint(checkpoint) -> str | None:
     return None
 
 
+def _validated(trainer) -> bool:
+    """Whether a validation ran during fit (its metrics reach ``callback_metrics``, also from spawned workers)."""
+    return any(key.startswith("val/") for key in trainer.callback_metrics)
+
+
 def _is_sharded(trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
@@ -157,10 +162,15 @@ def _predict_splits(
     spawns = isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
     gatherer = GatherPredictions(spill_path=output_dir / ".predictions.pt" if spawns else None)
     trainer.callbacks.append(gatherer)
+    # Scoring covers every example: fast_dev_run (trainer=debug) and limit_predict_batches would otherwise cut it short.
+    # Set on this trainer (not a second one) so spawning/sharded strategies keep their launched, wrapped model.
+    limit = trainer.limit_predict_batches
+    trainer.limit_predict_batches = 1.0
     try:
         trainer.predict(module, dataloaders=loaders, return_predictions=False, ckpt_path=ckpt_path)
     finally:
         trainer.callbacks.remove(gatherer)
+        trainer.limit_predict_batches = limit
     results = collect(gatherer)
     for split, result in zip(splits, results, strict=True):
         expected = len(datamodule.datasets[split])
@@ -181,6 +191,10 @@ def _fit_evaluate_write(
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     # Under spawning strategies this process's trainer never ran the loop: FitProgress sends the counters back.
     global_step, epochs = FitProgress.read(trainer)
+    if not _validated(trainer) and trainer.limit_val_batches != 0:
+        # Stopped (max_steps, limit_train_batches, val_check_interval) before any validation: validate the final
+        # weights once so the run logs its val metrics like any other; scoring below then uses these weights.
+        trainer.validate(module, datamodule=datamodule, verbose=False)
     lap("fit")
 
     checkpoint = trainer.checkpoint_callback
@@ -188,6 +202,12 @@ def _fit_evaluate_write(
     # FSDP leaves the module's layers wrapped and sharded: Lightning loads the checkpoint for prediction, and the export
     # reads the full state dict (state_dict_type: full) into a fresh, unwrapped model.
     sharded = _is_sharded(trainer)
+    weights_path = best_path
+    if sharded and not best_path and cfg.evaluate.export_model:
+        # No best checkpoint (stopped before a validation saved one): the export below rebuilds an unwrapped model and
+        # needs the final weights as one full state dict, which only a checkpoint of the sharded trainer provides.
+        weights_path = str(output_dir / "checkpoints" / "final.ckpt")
+        trainer.save_checkpoint(weights_path)
     if best_path and not sharded:
         # Evaluate and export the best checkpoint, not whatever the last step left in memory.
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -227,8 +247,8 @@ def _fit_evaluate_write(
         if cfg.evaluate.export_model:
             if sharded:
                 bundle = apply_peft(instantiate(cfg.model, label_names=label_names), cfg.get("peft"))
-                if best_path:
-                    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+                if weights_path:
+                    state = torch.load(weights_path, map_location="cpu", weights_only=True)["state_dict"]
                     bundle.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
             # LoRA/IA3 are merged into plain weights (no PEFT needed to serve); prefix/prompt export the adapter.
             bundle = export_bundle(bundle)

@@ -6,13 +6,15 @@ transformers load inside :func:`main`, when a job actually runs.
 In a multirun (``-m``) a failing job must not end the sweep: Hydra's launcher re-raises a job's exception, so here the
 exception is logged with its traceback, written to ``<job dir>/error.txt`` and the job returns NaN; the sweep summary
 (:mod:`agnews.sweeps.summary`) lists it. A trial stopped by Optuna's pruner writes ``pruned.txt`` instead (it is not a
-failure). A single run raises as before and exits non-zero.
+failure). A single run raises as before and exits non-zero; a multirun in which every job failed exits 1
+(:mod:`agnews.callbacks.sweep_status`). A finished run prints its directory, headline metrics and next commands.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import traceback
 from pathlib import Path
 
@@ -31,6 +33,10 @@ def _objective(cfg: DictConfig) -> float | None:
     from agnews.pipeline import train
 
     metrics = train(cfg)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # one summary per run, not one per DDP rank
+        print(_summary(Path(cfg.paths.output_dir).resolve(), metrics), flush=True)
     # The return value is what sweepers optimise (the Optuna sweeper reads it in -m runs).
     split, key = cfg.optimized_metric.split("/")
     return metrics.get(split, {}).get(key)
@@ -65,5 +71,33 @@ def main(cfg: DictConfig) -> float | None:
         return math.nan
 
 
-if __name__ == "__main__":
+def _summary(run_dir: Path, metrics: dict) -> str:
+    """What a finished run prints last: where it is, its headline metrics, and the commands that use it next."""
+    from agnews.runs import MODEL_DIR
+
+    lines = [f"Run directory: {run_dir}"]
+    for split in ("val", "test"):
+        if split in metrics:
+            report = metrics[split]
+            lines.append(f"  {split:<4} accuracy {report['accuracy']:.4f}  macro-F1 {report['f1_macro']:.4f}")
+    if (run_dir / MODEL_DIR).is_dir():
+        lines += [
+            "Next:",
+            f"  python -m agnews.export run={run_dir} quantize=int8",
+            f"  python -m agnews.serve run={run_dir}",
+            f"  python -m agnews.evaluation.robustness --run {run_dir}",
+        ]
+    return "\n".join(lines)
+
+
+def _cli() -> None:
     main()
+    from agnews.callbacks.sweep_status import FAILED_SWEEPS
+
+    if FAILED_SWEEPS:
+        print(f"Every job failed in: {', '.join(FAILED_SWEEPS)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _cli()
