@@ -73,7 +73,14 @@ def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(run, tmp_pa
         # wait until the HTTP request is being served (BentoML's in-progress gauge), then give gRPC a moment too
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            metrics = httpx.get(f"{served.http}/metrics", timeout=10).text
+            try:
+                metrics = httpx.get(f"{served.http}/metrics", timeout=5).text
+            except httpx.TimeoutException:
+                # The one worker is busy tokenizing the slow batch and cannot answer /metrics: that is the request in
+                # flight (nothing else was sent), so it counts as seen, provided neither call has returned yet.
+                if not results:
+                    break
+                raise
             if any(line.startswith("bentoml_service_request_in_progress") and 'endpoint="/classify_batch"' in line
                    and float(line.rsplit(" ", 1)[1]) >= 1 for line in metrics.splitlines()):
                 break
