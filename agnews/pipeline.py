@@ -239,7 +239,7 @@ def _fit_evaluate_write(
         for logger in trainer.loggers:
             _adopt_csv_header(logger)
             logger.log_metrics(
-                {f"{split}/final_{key}": metrics[split][key] for split in cfg.evaluate.splits for key in ("accuracy", "f1_macro")},
+                {f"{split}/{key}": metrics[split][key] for split in cfg.evaluate.splits for key in ("accuracy", "f1_macro")},
                 step=global_step,
             )
             logger.save()

@@ -92,10 +92,11 @@ def test_ddp_cpu_two_processes_match_single_process(tmp_path):
     # The model learned something between the two compared runs (identical untrained models would prove nothing).
     assert single_metrics["test"]["accuracy"] > 0.5
 
-    # Logging not duplicated: one row per optimizer step, one validation row per epoch, one final row.
+    # Logging not duplicated: one row per optimizer step, one validation row per epoch, one final row (the final
+    # scores reuse the names val/accuracy, test/accuracy: 2 validations + 1 final row carry val/accuracy).
     ddp_log, single_log = _rows(ddp / "csv" / "metrics.csv"), _rows(single / "csv" / "metrics.csv")
     assert len(ddp_log) == len(single_log)
-    for column, count in (("train/loss", 16), ("val/acc", 2), ("test/final_accuracy", 1)):
+    for column, count in (("train/loss", 16), ("val/loss", 2), ("val/accuracy", 3), ("test/accuracy", 1)):
         assert sum(1 for r in ddp_log if r.get(column)) == count, column
     # W&B (logger=[csv,wandb] on the DDP run only): one run, one history row per step, the final metrics once.
     from tests.test_tracking import summarize_offline_run
@@ -103,12 +104,13 @@ def test_ddp_cpu_two_processes_match_single_process(tmp_path):
     (wandb_run,) = (ddp / "wandb").glob("offline-run-*")
     recorded = summarize_offline_run(wandb_run)
     assert sum(1 for row in recorded["history"] if "train/loss" in row) == 16
-    assert sum(1 for row in recorded["history"] if "val/acc" in row) == 2
-    assert recorded["summary"]["test/final_accuracy"] == pytest.approx(ddp_metrics["test"]["accuracy"])
+    assert sum(1 for row in recorded["history"] if "val/loss" in row) == 2
+    assert sum(1 for row in recorded["history"] if "val/accuracy" in row) == 3
+    assert recorded["summary"]["test/accuracy"] == pytest.approx(ddp_metrics["test"]["accuracy"])
     # Validation runs on the full split on each rank and is synced: the epoch metrics match the single process.
     for a, b in zip([r for r in ddp_log if r.get("val/loss")], [r for r in single_log if r.get("val/loss")]):
         assert float(a["val/loss"]) == pytest.approx(float(b["val/loss"]), abs=1e-4)
-        assert float(a["val/acc"]) == pytest.approx(float(b["val/acc"]))
+        assert float(a["val/accuracy"]) == pytest.approx(float(b["val/accuracy"]))
 
 
 def test_sharded_eval_sampler_covers_every_example_once(monkeypatch):

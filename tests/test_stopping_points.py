@@ -60,7 +60,7 @@ def test_shortened_run_ends_scored_and_exported(tmp_path, make_ag_news_dir, limi
     assert 1 <= manifest["global_step"] <= 4
     # The run validated (during fit or once at its end): val metrics reach the training log too.
     header = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()[0]
-    assert "val/acc" in header.split(",")
+    assert "val/accuracy" in header.split(",")
     assert metrics["val"]["accuracy"] >= 0.0
 
 

@@ -124,13 +124,13 @@ def test_grid_sweep_summary_with_a_failing_job(tmp_path, make_ag_news_dir):
             assert row["status"] == "failed"
             assert "Invalid learning rate" in row["error"], row
             assert (job_dir / "error.txt").read_text().count("Traceback") == 1
-            assert not (job_dir / "metrics.json").exists() and row["val_accuracy"] == ""
+            assert not (job_dir / "metrics.json").exists() and row["val/accuracy"] == ""
         else:
             assert row["status"] == "ok" and row["error"] == ""
             metrics = json.loads((job_dir / "metrics.json").read_text())
             for split in ("val", "test"):
-                assert float(row[f"{split}_accuracy"]) == pytest.approx(metrics[split]["accuracy"], abs=1e-4)
-                assert float(row[f"{split}_f1_macro"]) == pytest.approx(metrics[split]["f1_macro"], abs=1e-4)
+                assert float(row[f"{split}/accuracy"]) == pytest.approx(metrics[split]["accuracy"], abs=1e-4)
+                assert float(row[f"{split}/f1_macro"]) == pytest.approx(metrics[split]["f1_macro"], abs=1e-4)
     assert sum(r["status"] == "ok" for r in rows) == 2
 
     with open(sweep / "summary_by_config.csv", newline="") as handle:
@@ -140,8 +140,8 @@ def test_grid_sweep_summary_with_a_failing_job(tmp_path, make_ag_news_dir):
     assert (good["jobs"], good["ok"], good["seeds"]) == ("2", "2", "1 2")
     accs = [json.loads((sweep / r["job"] / "metrics.json").read_text())["val"]["accuracy"]
             for r in rows if r["status"] == "ok"]
-    assert float(good["val_accuracy_mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-4)
-    assert float(good["val_accuracy_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-4)
+    assert float(good["val/accuracy_mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-4)
+    assert float(good["val/accuracy_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-4)
     assert groups["strategy.optimizer.lr=-1"]["ok"] == "0"
 
     md = (sweep / "summary.md").read_text()

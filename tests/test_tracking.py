@@ -170,10 +170,10 @@ def test_wandb_offline_run_records_config_metrics_and_tables(tmp_path, make_ag_n
     # Training metrics stepped by Lightning, final metrics in the summary matching metrics.json.
     losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
     assert len(losses) == 2  # 28 training rows / batch 16
-    assert any("val/acc" in row for row in run["history"])
+    assert any("val/accuracy" in row for row in run["history"])
     for split, size in (("val", 12), ("test", 12)):
-        assert run["summary"][f"{split}/final_accuracy"] == pytest.approx(metrics[split]["accuracy"])
-        assert run["summary"][f"{split}/final_num_examples"] == size
+        assert run["summary"][f"{split}/accuracy"] == pytest.approx(metrics[split]["accuracy"])
+        assert run["summary"][f"{split}/num_examples"] == size
         table_meta = _summary_node(run["summary"], f"{split}/per_class")
         assert table_meta["_type"] == "table-file" and table_meta["nrows"] == len(LABELS)
         table = json.loads((runs[0] / "files" / table_meta["path"]).read_text())
@@ -217,7 +217,7 @@ def test_wandb_multirun_gives_one_run_per_job_in_one_group(tmp_path, make_ag_new
     assert summaries["0"]["run"].display_name.startswith("0-") and summaries["1"]["run"].display_name.startswith("1-")
     assert summaries["0"]["config"]["seed"] == 1 and summaries["1"]["config"]["seed"] == 2
     for job in ("0", "1"):
-        assert "test/final_accuracy" in summaries[job]["summary"]
+        assert "test/accuracy" in summaries[job]["summary"]
 
 
 def test_csv_and_tensorboard_loggers_together(tmp_path, make_ag_news_dir, compose_train_cfg):
@@ -234,8 +234,8 @@ def test_csv_and_tensorboard_loggers_together(tmp_path, make_ag_news_dir, compos
     accumulator = EventAccumulator(str(tmp_path / "run" / "tensorboard"))  # all event files of the run
     accumulator.Reload()
     scalars = set(accumulator.Tags()["scalars"])
-    assert {"train/loss", "val/acc", "test/final_accuracy"} <= scalars
-    (final,) = accumulator.Scalars("test/final_accuracy")
+    assert {"train/loss", "val/accuracy", "test/accuracy"} <= scalars
+    (final,) = accumulator.Scalars("test/accuracy")
     assert final.value == pytest.approx(metrics["test"]["accuracy"])
     with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as handle:
-        assert sum(1 for row in __import__("csv").DictReader(handle) if row.get("test/final_accuracy")) == 1
+        assert sum(1 for row in __import__("csv").DictReader(handle) if row.get("test/accuracy")) == 1

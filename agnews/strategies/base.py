@@ -81,7 +81,7 @@ class ClassificationModule(L.LightningModule):
         self.val_f1(preds, labels)
         size = labels.numel()
         self.log("val/loss", loss, batch_size=size, sync_dist=True)
-        self.log("val/acc", self.val_accuracy, prog_bar=True, batch_size=size)
+        self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=size)
         self.log("val/f1_macro", self.val_f1, batch_size=size)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:

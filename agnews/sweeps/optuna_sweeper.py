@@ -53,7 +53,7 @@ def _format_mapping(node: dict) -> str:
 class OptunaSweeperImpl:
     def __init__(self, direction: str = "maximize", study_name: str = "agnews", storage: str | None = None,
                  n_trials: int = 20, n_jobs: int = 1, sampler: Any = None, pruner: Any = None,
-                 pruning_monitor: str | None = "val/acc", params: Any = None, heartbeat_interval: float = 10.0,
+                 pruning_monitor: str | None = "val/accuracy", params: Any = None, heartbeat_interval: float = 10.0,
                  grace_period: float = 60.0, best_experiment_path: str | None = None) -> None:
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"hydra.sweeper.direction must be maximize or minimize, got {direction!r}")

@@ -18,7 +18,7 @@ PRUNED_ATTR = "agnews_pruned_at_step"
 
 
 class OptunaPruningCallback(L.Callback):
-    def __init__(self, storage: str, study_name: str, trial_number: int, monitor: str = "val/acc",
+    def __init__(self, storage: str, study_name: str, trial_number: int, monitor: str = "val/accuracy",
                  pruner: Any = None) -> None:
         import optuna
 

@@ -26,7 +26,8 @@ from agnews.runs import ERROR_FILE, HYDRA_DIR, METRICS_FILE, OVERRIDES_FILE, PRU
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["val_accuracy", "val_f1_macro", "test_accuracy", "test_f1_macro"]
+# Same names as everywhere else (<split>/<metric>, as in metrics.json and the training logs).
+METRIC_COLUMNS = ["val/accuracy", "val/f1_macro", "test/accuracy", "test/f1_macro"]
 # Overrides the sweep machinery adds to each job; they are not part of a configuration's identity.
 INTERNAL_PREFIXES = ("optuna.", "callbacks.optuna_pruning", "hydra.")
 GROUP_EXCLUDED_KEYS = ("seed",)
@@ -79,7 +80,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         for split in ("val", "test"):
             for metric in ("accuracy", "f1_macro"):
                 value = metrics.get(split, {}).get(metric)
-                row[f"{split}_{metric}"] = float(value) if value is not None else None
+                row[f"{split}/{metric}"] = float(value) if value is not None else None
         rows.append(row)
     # Show what varies: overrides shared by every job go to the header, not each row.
     common = set.intersection(*(set(r["overrides"]) for r in rows)) if rows else set()

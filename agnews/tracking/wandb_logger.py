@@ -155,7 +155,7 @@ def log_evaluation(
     for split, (labels, preds) in predictions.items():
         report = metrics[split]
         for key in ("accuracy", "f1_macro", "num_examples"):
-            run.summary[f"{split}/final_{key}"] = report[key]
+            run.summary[f"{split}/{key}"] = report[key]
         if not getattr(logger, "log_evaluation_tables", True):
             continue
         table = wandb.Table(columns=["class", "precision", "recall", "f1", "support"])

@@ -30,7 +30,7 @@ class AgnewsOptunaSweeperConf:
     # null = no pruning; else e.g. {_target_: optuna.pruners.MedianPruner, n_startup_trials: 5}.
     pruner: Any = None
     # The metric logged during training that the pruning callback reports once per validation (null: no callback).
-    pruning_monitor: Optional[str] = "val/acc"
+    pruning_monitor: Optional[str] = "val/accuracy"
     # Search space: key -> interval(a,b) | tag(log, interval(a,b)) | choice(a,b,..) | range(a,b[,step]) | fixed value,
     # or an explicit mapping {type: float|int|categorical, low, high, log, step, choices}.
     params: Any = field(default_factory=dict)
