@@ -7,6 +7,7 @@ section to ``RESULTS.md`` with the command, the hardware and the date.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -159,3 +160,125 @@ def score_model(model, tokenizer, rows: QuickstartRows, max_length: int, batch_s
     probs = predictor.predict_proba(rows.test_texts)
     report = classification_report(probs, np.asarray(rows.test_labels), rows.label_names)
     return {"rows": len(rows.test_labels), "accuracy": report["accuracy"], "f1_macro": report["f1_macro"]}
+
+
+# ---- subprocesses of the public entry points ----------------------------------------------------------------------------
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "ag_news"  # the shared AG News copy (train.csv, test.csv)
+
+
+def rel(path: str | Path) -> str:
+    """``path`` relative to the repository when it is inside it (portable commands in records), else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def pct(fraction: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage without the sign (``0.9083`` -> ``90.83``); ``n/a`` for None."""
+    return "n/a" if fraction is None else f"{100 * fraction:.{digits}f}"
+
+
+def offline_env(cache_dir: str | Path | None = None, **extra: str) -> dict:
+    """This environment, with the Hugging Face hub offline and, when given, a dedicated tokenization cache (an empty
+    cache makes a run pay for tokenizing, as a first run does)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
+    if cache_dir is not None:
+        env["AGNEWS_CACHE_DIR"] = str(cache_dir)
+    return env
+
+
+def deadline_at(hhmm: str | None, tz: timezone | None = timezone.utc) -> float | None:
+    """``HH:MM`` today in ``tz`` (None: local time) as a ``time.time()`` timestamp; None for no deadline."""
+    if not hhmm:
+        return None
+    try:
+        hours, minutes = (int(part) for part in hhmm.split(":"))
+        return datetime.now(tz).replace(hour=hours, minute=minutes, second=0, microsecond=0).timestamp()
+    except ValueError as exc:
+        raise SystemExit(f"deadline {hhmm!r}: expected HH:MM ({exc})") from None
+
+
+def load_avg_1min() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class Child:
+    """One finished subprocess: exit code, wall seconds, its own peak RSS and the 1-min load average around it."""
+
+    def __init__(self, rc: int, seconds: float, peak_rss_kib: int, killed_at_deadline: bool, load: tuple[float, float],
+                 log: Path | None):
+        self.rc, self.seconds, self.killed_at_deadline, self.log = rc, seconds, killed_at_deadline, log
+        self.peak_rss_mib = round(peak_rss_kib / 1024, 1)  # Linux ru_maxrss is in KiB: / 1024 = MiB (/ 2**20 = GiB)
+        self.load_avg_1min = f"{load[0]:.2f} -> {load[1]:.2f}"
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of the child's output (its log), for error reports."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log and self.log.is_file() else ""
+
+    def record(self) -> dict:
+        return {"rc": self.rc, "killed_at_deadline": self.killed_at_deadline, "wall_s": round(self.seconds, 1),
+                "peak_rss_mib": self.peak_rss_mib}
+
+
+def run_python(args: Sequence[str], *, env: dict | None = None, log: str | Path | None = None,
+               deadline: float | None = None) -> Child:
+    """``python <args>`` (this interpreter) from the repository root, timed from start to exit. Output goes to ``log``
+    (None: this terminal). Killed when ``deadline`` (a ``time.time()`` timestamp) passes. Peak RSS is the child's own
+    ``ru_maxrss`` (``os.wait4``): the process that ran the work, not this one."""
+    import subprocess
+    import threading
+    import time
+
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    with open(log, "w") if log else contextlib.nullcontext() as out:
+        redirect = {"stdout": out, "stderr": subprocess.STDOUT} if log else {}
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env, **redirect)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(max(0.0, deadline - time.time()), kill) if deadline is not None else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # blocking: exact wall time, and the child's rusage
+        if timer:
+            timer.cancel()
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Child(proc.returncode, seconds, usage.ru_maxrss, killed.is_set(), (load_before, os.getloadavg()[0]),
+                 Path(log) if log else None)
+
+
+def run_summary(run_dir: str | Path) -> dict:
+    """What the scripts report from a finished run (agnews.runs): per scored split accuracy, macro-F1 and rows; the
+    optimizer steps, split sizes, parameter count and phase timings of its manifest."""
+    from agnews.runs import load_run
+
+    run = load_run(run_dir)
+    metrics, manifest = run.metrics, run.manifest
+    return {
+        "metrics": {split: {"accuracy": values["accuracy"], "f1_macro": values["f1_macro"],
+                            "num_examples": values.get("num_examples")}
+                    for split, values in metrics.items() if isinstance(values, dict) and "accuracy" in values},
+        "global_step": manifest.get("global_step"),
+        "sizes": manifest.get("data", {}).get("sizes", {}),
+        "num_parameters": (manifest.get("model") or {}).get("num_parameters"),
+        "timings_s": manifest.get("timings_s", {}),
+    }
+
+
+def read_test_split(data_dir: str | Path = SHARED_DATA):
+    """The AG News test split of ``data_dir`` through agnews' reader (ids, texts as the model sees them, labels)."""
+    from agnews.data.sources import read_ag_news_csv
+
+    path = Path(data_dir) / "test.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path}: the AG News test split is needed (see {SHARED_DATA}/SOURCE.md)")
+    return read_ag_news_csv(path, "test")
