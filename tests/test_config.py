@@ -62,7 +62,7 @@ def test_trainer_and_callbacks_instantiate(compose_train_cfg):
     cfg = compose_train_cfg(["trainer=cpu", "trainer.precision=32-true", "logger=many"])
     callbacks = [instantiate(node) for node in cfg.callbacks.values()]
     names = {type(cb).__name__ for cb in callbacks}
-    assert names == {"RunCheckpoint", "EarlyStopping", "LearningRateMonitor", "RichProgressBar"}
+    assert names == {"RunCheckpoint", "EarlyStopping", "LearningRateMonitor", "RichProgressBar", "ProgressLog"}
     loggers = [instantiate(node) for node in cfg.logger.values()]
     assert {type(lg).__name__ for lg in loggers} == {"CSVLogger", "TensorBoardLogger"}
 
