@@ -208,7 +208,11 @@ class Child:
                  log: Path | None):
         self.rc, self.seconds, self.killed_at_deadline, self.log = rc, seconds, killed_at_deadline, log
         self.peak_rss_mib = round(peak_rss_kib / 1024, 1)  # Linux ru_maxrss is in KiB: / 1024 = MiB (/ 2**20 = GiB)
-        self.load_avg_1min = f"{load[0]:.2f} -> {load[1]:.2f}"
+        self.load = load  # 1-min load average before, after
+
+    @property
+    def load_avg_1min(self) -> str:
+        return f"{self.load[0]:.2f} -> {self.load[1]:.2f}"
 
     @property
     def ok(self) -> bool:

@@ -38,7 +38,7 @@ import common  # noqa: E402
 from agnews.runs import RunFormatError, load_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = common.REPO_ROOT
 MEMBERS = ["minilm_q42", "minilm_full", "minilm_q7", "student3", "tfidf"]
 METHODS = ["hard_vote", "soft_vote", "weighted", "bma", "stacking_logreg", "stacking_xgboost", "stacking_catboost"]
 TARGET_GAIN_PT, TARGET_ACCURACY = 0.5, 0.935
@@ -59,11 +59,6 @@ print(json.dumps({"import_s": t1 - t0, "from_path_s": t2 - t1, "first_predict_s"
 """
 
 
-def rel(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def find_members(runs_dir: Path, names: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     found, skipped = {}, {}
     for name in names:
@@ -80,16 +75,15 @@ def find_members(runs_dir: Path, names: list[str]) -> tuple[dict[str, Path], dic
 
 def run_method(method: str, members: dict[str, Path], runs_dir: Path, overrides: list[str]) -> dict:
     out = runs_dir / f"ens_{method}"
-    listed = ",".join(f"'{rel(p)}'" for p in members.values())
-    args = [f"members=[{listed}]", f"method={method}", f"hydra.run.dir={rel(out)}", *overrides]
+    listed = ",".join(f"'{common.rel(p)}'" for p in members.values())
+    args = [f"members=[{listed}]", f"method={method}", f"hydra.run.dir={common.rel(out)}", *overrides]
     print(f"[{common.now()}] python -m agnews.ensemble {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "agnews.ensemble", *args], cwd=REPO, capture_output=True, text=True)
+    child = common.run_python(["-m", "agnews.ensemble", *args], log=runs_dir / f".ens_{method}.log")
     entry = {"method": method, "command": "python -m agnews.ensemble " + " ".join(args), "run_dir": str(out),
-             "cli_wall_s": round(time.perf_counter() - start, 1), "returncode": proc.returncode}
-    if proc.returncode != 0:
-        entry["error_tail"] = proc.stderr[-3000:]
-        print(f"  FAILED ({proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+             "cli_wall_s": round(child.seconds, 1), "returncode": child.rc}
+    if not child.ok:
+        entry["error_tail"] = child.tail()
+        print(f"  FAILED ({child.rc})\n{entry['error_tail']}", flush=True)
     return entry
 
 
@@ -113,10 +107,7 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: in
 
 def texts_of(run_dir: Path, ids: list[str]) -> list[str]:
     """The texts of test ``ids``, from the data folder the member run read (its resolved config)."""
-    from agnews.data.sources import read_ag_news_csv
-
-    config = load_run(run_dir).config
-    split = read_ag_news_csv(Path(config["data"]["data_dir"]) / "test.csv", "test")
+    split = common.read_test_split(load_run(run_dir).config["data"]["data_dir"])
     by_id = dict(zip(split.ids, split.texts))
     return [by_id[i] for i in ids]
 
@@ -139,10 +130,6 @@ def cold_load(bundle: Path, texts_file: Path, precision: str, stored: np.ndarray
         "max_abs_diff_vs_stored": float(np.abs(probs - stored).max()),
         "argmax_agreement_vs_stored": float((probs.argmax(axis=1) == stored.argmax(axis=1)).mean()),
     }
-
-
-def fmt(x: float) -> str:
-    return f"{100 * x:.2f}"
 
 
 def main() -> int:
@@ -175,7 +162,7 @@ def main() -> int:
     for name, run in runs.items():
         metrics = run.metrics
         member_rows[name] = {
-            "run_dir": rel(run.path),
+            "run_dir": common.rel(run.path),
             "task": run.task,
             "val_accuracy": metrics["val"]["accuracy"], "val_f1_macro": metrics["val"]["f1_macro"],
             "test_accuracy": metrics["test"]["accuracy"], "test_f1_macro": metrics["test"]["f1_macro"],
@@ -196,7 +183,7 @@ def main() -> int:
             if entry["returncode"] != 0:
                 continue
             run = load_run(entry["run_dir"])
-            entry["run_dir"] = rel(run.path)
+            entry["run_dir"] = common.rel(run.path)
             metrics, manifest = run.metrics, run.manifest
             stored = run.predictions("test").select(ids)
             entry.update(
@@ -212,7 +199,7 @@ def main() -> int:
             if run.has_bundle:
                 entry["cold_load"] = cold_load(run.bundle_dir, texts_file, args.precision,
                                                run.predictions("test").select(load_ids).probs)
-            print(f"  val {fmt(entry['val_accuracy'])}  test {fmt(entry['test_accuracy'])}  "
+            print(f"  val {common.pct(entry['val_accuracy'])}  test {common.pct(entry['test_accuracy'])}  "
                   f"vs {best_name}: {entry['vs_best_member']}  load: {entry.get('cold_load')}", flush=True)
     finally:
         texts_file.unlink(missing_ok=True)
@@ -234,7 +221,8 @@ def main() -> int:
 
     member_table = common.markdown_table(
         ["member", "val acc %", "test acc %", "test macro-F1 %", "training wall s", "in the bundle as"],
-        [[name, fmt(r["val_accuracy"]), fmt(r["test_accuracy"]), fmt(r["test_f1_macro"]), r["train_wall_s"] or "?",
+        [[name, common.pct(r["val_accuracy"]), common.pct(r["test_accuracy"]), common.pct(r["test_f1_macro"]),
+          r["train_wall_s"] or "?",
           ((done[0].get("bundle_members") or {}).get(name) or {}).get("format", "-") if done else "-"]
          for name, r in member_rows.items()],
         align="lrrrrl",
@@ -247,8 +235,8 @@ def main() -> int:
         load = r.get("cold_load") or {}
         boot = r["vs_best_member"]
         method_rows.append([
-            r["method"], fmt(r["val_accuracy"]), fmt(r["val_f1_macro"]),
-            fmt(r["test_accuracy"]), fmt(r["test_f1_macro"]),
+            r["method"], common.pct(r["val_accuracy"]), common.pct(r["val_f1_macro"]),
+            common.pct(r["test_accuracy"]), common.pct(r["test_f1_macro"]),
             f"{boot['diff_pt']:+.2f} [{boot['ci95_pt'][0]:+.2f}, {boot['ci95_pt'][1]:+.2f}]",
             load.get("process_wall_s", load.get("error", "-")), load.get("peak_rss_mib", "-"), r["cli_wall_s"],
         ])
@@ -261,11 +249,12 @@ def main() -> int:
     if targets:
         summary = (
             f"Chosen by validation accuracy: **{targets['chosen_by_val']}**, "
-            f"test accuracy {fmt(chosen['test_accuracy'])} % "
-            f"({targets['gain_pt_vs_best_member']:+.2f} pt vs the best member {best_name}, {fmt(best_member_acc)} %). "
+            f"test accuracy {common.pct(chosen['test_accuracy'])} % "
+            f"({targets['gain_pt_vs_best_member']:+.2f} pt vs the best member {best_name}, "
+            f"{common.pct(best_member_acc)} %). "
             f"Targets: gain >= {TARGET_GAIN_PT} pt {'met' if targets['gain_met'] else 'NOT met'}; "
             f">= {100 * TARGET_ACCURACY:.1f} % {'met' if targets['accuracy_met'] else 'NOT met'}. "
-            f"Best by test: {targets['best_by_test']} ({fmt(targets['best_by_test_accuracy'])} %)."
+            f"Best by test: {targets['best_by_test']} ({common.pct(targets['best_by_test_accuracy'])} %)."
         )
     body = (
         f"Members ({len(members)}; test split {len(ids)} rows"

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
@@ -46,23 +46,23 @@ def main() -> int:
     args = parser.parse_args()
     record_path = HERE / "members.json"
     for name in args.only:
-        command = [sys.executable, *MEMBERS[name], f"hydra.run.dir={RUNS / name}"]
-        print("+", " ".join(command[1:]), flush=True)
-        started, load_before = time.perf_counter(), os.getloadavg()[0]
+        command = [*MEMBERS[name], f"hydra.run.dir={RUNS / name}"]
+        print("+", " ".join(command), flush=True)
         cores = sorted(os.sched_getaffinity(0))
-        subprocess.run(command, check=True)
-        wall = round(time.perf_counter() - started, 1)
+        child = common.run_python(command)  # output on this terminal
+        if not child.ok:
+            raise SystemExit(f"member {name} failed (exit {child.rc})")
         # Re-read before writing: two invocations may train members side by side (one per core).
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         record[name] = {
-            "command": "python " + " ".join(command[1:]).replace(str(HERE.parent.parent) + "/", ""),
-            "wall_s": wall,
+            "command": "python " + " ".join(command).replace(str(common.REPO_ROOT) + "/", ""),
+            "wall_s": round(child.seconds, 1),
             "cpu_affinity": cores,
-            "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_avg_1min_before_after": [round(x, 2) for x in child.load],
+            "finished_at": common.now(),
         }
         record_path.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"{name}: {wall} s", flush=True)
+        print(f"{name}: {record[name]['wall_s']} s", flush=True)
     return 0
 
 

@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402  (imports no torch: the thread settings below still apply)
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent))
 
 BACKENDS = {
     "pytorch_fp32": {"backend": "torch", "precision": "fp32"},
@@ -61,13 +61,11 @@ def export(run: Path, target: Path, reuse: bool) -> tuple[Path, float | None]:
 
     if reuse and (target / EXPORT_INFO_FILE).is_file():
         return target, None
-    command = [sys.executable, "-m", "agnews.export", f"run={run}", "quantize=int8", f"output_dir={target}",
-               f"hydra.run.dir={target.parent / '.export_logs'}"]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"export failed:\n{result.stderr[-4000:]}")
-    return target, round(time.perf_counter() - start, 1)
+    child = common.run_python(["-m", "agnews.export", f"run={run}", "quantize=int8", f"output_dir={target}",
+                               f"hydra.run.dir={target.parent / '.export_logs'}"], log=target.parent / ".export.log")
+    if not child.ok:
+        raise SystemExit(f"export failed:\n{child.tail(4000)}")
+    return target, round(child.seconds, 1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,7 +115,6 @@ def main() -> None:
     os.environ["AGNEWS_ORT_THREADS"] = str(args.threads)
     import torch
 
-    import common
     from agnews.data.run_splits import load_run_split
     from agnews.runs import EXPORT_DIR, EXPORT_INFO_FILE, load_run
 

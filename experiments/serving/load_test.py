@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import signal
 import socket
@@ -31,25 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-SHARED_TEST = REPO.parent / "shared" / "data" / "ag_news" / "test.csv"
+HERE = Path(__file__).resolve().parent
+REPO = common.REPO_ROOT
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def load_texts(limit: int = 2000) -> list[str]:
-    if not SHARED_TEST.is_file():
-        raise SystemExit(f"{SHARED_TEST}: the AG News test split is needed for realistic texts")
-    with SHARED_TEST.open(newline="", encoding="utf-8") as handle:
-        return [f"{title} {description}".strip() for _, title, description, *_ in csv.reader(handle)][:limit]
 
 
 def start_server(run: str, batching: bool, overrides: list[str], log_path: Path) -> tuple[subprocess.Popen, str, str, float]:
@@ -171,7 +162,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="serve settings after --, e.g. backend=onnx variant=int8")
     args = parser.parse_args()
 
-    texts = load_texts()
+    texts = common.read_test_split().texts[:2000]  # real AG News test texts, as the model sees them
     rows, cold_starts = [], {}
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     for batching in (True, False):

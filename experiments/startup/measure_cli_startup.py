@@ -10,17 +10,18 @@ interpreter, several times; the median is reported. The baseline arms (bare inte
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = common.REPO_ROOT
 
 PROBE = (
     "import runpy, sys, atexit\n"
@@ -72,27 +73,30 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    hardware = common.hardware()  # includes the 1-minute load average at the end
     meta = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": "python experiments/startup/measure_cli_startup.py " + " ".join(sys.argv[1:]),
-        "cpu": cpu,
-        "cores": __import__("os").cpu_count(),
-        "python": platform.python_version(),
+        "date": common.now(),
+        "command": common.command_line(),
+        "cpu": hardware["cpu"],
+        "cores": hardware["cores"],
+        "python": hardware["python"],
+        "hardware": hardware,
         "repeats": args.repeats,
         "target": "--help and --cfg job <= 2 s, no torch/transformers import",
     }
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    table = common.markdown_table(
+        ["command", "median s", "min s", "max s", "torch/transformers/lightning imported"],
+        [[f"`{r['command']}`", r["median_s"], r["min_s"], r["max_s"], r.get("heavy_modules_imported", "-")] for r in rows],
+        align="lrrrl",
+    )
     lines = [
         "# CLI start-up time", "",
         f"- Date: {meta['date']}", f"- Command: `{meta['command']}`",
-        f"- Hardware: {cpu}, {meta['cores']} cores; Python {meta['python']}", f"- Repeats: {args.repeats} (median shown)",
-        f"- Target: {meta['target']}", "", "## Results", "",
-        "| command | median s | min s | max s | torch/transformers/lightning imported |", "|---|---:|---:|---:|---|",
-    ]
-    lines += [
-        f"| `{r['command']}` | {r['median_s']} | {r['min_s']} | {r['max_s']} | {r.get('heavy_modules_imported', '-')} |"
-        for r in rows
+        f"- Hardware: {meta['cpu']}, {meta['cores']} cores; Python {meta['python']}; 1-min load average at the end: "
+        f"{hardware['load_avg_1min']}",
+        f"- Repeats: {args.repeats} (median shown)",
+        f"- Target: {meta['target']}", "", "## Results", "", table,
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
