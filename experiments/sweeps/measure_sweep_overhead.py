@@ -23,45 +23,38 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from agnews.runs import load_run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO))
 
 INTERNAL = ("hparams_search=",)
 
 
 def cli(args: list[str], env: dict, log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("w") as handle:
-        result = subprocess.run([sys.executable, "-m", "agnews.train", *args], cwd=REPO, env=env, stdout=handle,
-                                stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"command failed ({log}):\n" + log.read_text()[-4000:])
-    return wall
+    """Wall seconds of ``python -m agnews.train <args>``; its output goes to ``log``."""
+    child = common.run_python(["-m", "agnews.train", *args], env=env, log=log)
+    if not child.ok:
+        raise SystemExit(f"command failed ({log}):\n" + child.tail(4000))
+    return child.seconds
 
 
 def job_seconds(run_dir: Path) -> float:
-    timings = load_run(run_dir).manifest["timings_s"]
-    return float(sum(timings.values()))
+    """Seconds inside the job (build, data, fit, evaluate...): the run manifest's phase timings."""
+    return float(sum(common.run_summary(run_dir)["timings_s"].values()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument("--data-dir", default=str(common.SHARED_DATA))
     parser.add_argument("--workdir", default=None, help="run dirs, study, caches (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, few rows, 2 trials: checks the script")
@@ -70,25 +63,25 @@ def main() -> None:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="agnews-sweep-overhead-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(workdir / "cache")}
-    common = ["experiment=quickstart", f"data.data_dir={args.data_dir}", "data.train_size=300", "data.val_size=200",
+    env = common.offline_env(workdir / "cache")
+    shared = ["experiment=quickstart", f"data.data_dir={args.data_dir}", "data.train_size=300", "data.val_size=200",
               "data.max_length=64", "trainer.max_epochs=1", "evaluate.splits=[val]", "evaluate.export_model=false",
               "callbacks.progress_bar=null"]
     trials = args.trials
     if args.smoke:
-        common += ["model=minilm", "model.tiny=true", "trainer.precision=32-true", "data.train_size=48",
+        shared += ["model=minilm", "model.tiny=true", "trainer.precision=32-true", "data.train_size=48",
                    "data.val_size=24", "data.max_length=24"]
         trials = 2
-    common += args.overrides
+    shared += args.overrides
     out_dir = workdir if args.smoke else HERE
     study_name = "overhead_" + dt.datetime.now().strftime("%Y%m%d_%H%M%S")
     storage = workdir / "study" / "journal.log"
 
     print(f"work dir {workdir}", flush=True)
-    cli([*common, "trainer.limit_train_batches=1", f"hydra.run.dir={workdir / 'warmup'}"], env, workdir / "warmup.log")
+    cli([*shared, "trainer.limit_train_batches=1", f"hydra.run.dir={workdir / 'warmup'}"], env, workdir / "warmup.log")
 
     sweep_dir = workdir / "sweep"
-    sweep_wall = cli(["-m", "hparams_search=minilm_lr", *common, f"hydra.sweeper.storage={storage}",
+    sweep_wall = cli(["-m", "hparams_search=minilm_lr", *shared, f"hydra.sweeper.storage={storage}",
                       f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.n_trials={trials}",
                       "hydra.sweeper.pruner=null", f"hydra.sweeper.best_experiment_path={workdir / 'best.yaml'}",
                       f"hydra.sweep.dir={sweep_dir}"], env, workdir / "sweep.log")
@@ -110,7 +103,7 @@ def main() -> None:
         overrides = [o for o in trial.user_attrs["agnews_overrides"] if not o.startswith(INTERNAL)]
         single_dir = workdir / "single" / f"trial_{trial.number:04d}"
         wall = cli([*overrides, f"hydra.run.dir={single_dir}"], env, workdir / f"single_{trial.number}.log")
-        single_metrics = load_run(single_dir).metrics
+        single_metrics = common.run_summary(single_dir)["metrics"]
         rows.append({
             "trial": trial.number,
             "params": trial.params,
@@ -127,11 +120,14 @@ def main() -> None:
     sweep_jobs = sum(r["sweep_job_s"] for r in rows)
     single_wall = sum(r["single_wall_s"] for r in rows)
     single_jobs = sum(r["single_job_s"] for r in rows)
+    hardware = common.hardware()  # includes the 1-minute load average at the end
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "date": common.now(),
+        "command": common.command_line(),
+        "host": {"platform": platform.platform(), "cpus": hardware["cores"], "python": hardware["python"]},
+        "hardware": hardware,
         "smoke": args.smoke,
-        "overrides": common,
+        "overrides": shared,
         "trials": n,
         "sweep_wall_s": round(sweep_wall, 2),
         "sweep_per_trial_s": round(sweep_wall / n, 2),
@@ -148,9 +144,11 @@ def main() -> None:
 
     lines = [
         "# Sweep machinery overhead (measured by `experiments/sweeps/measure_sweep_overhead.py`)", "",
-        f"{result['date']}, {result['host']['platform']}, {result['host']['cpus']} CPUs"
+        f"{result['date']}, {result['host']['platform']}, {result['host']['cpus']} CPUs ({hardware['cpu']}); "
+        f"1-min load average at the end: {hardware['load_avg_1min']}"
         + (" — SMOKE RUN (tiny random model), numbers mean nothing" if args.smoke else ""), "",
-        f"Overrides of every run: `{' '.join(common)}`; search: `hparams_search=minilm_lr` (pruning off), "
+        f"Command: `{result['command']}`", "",
+        f"Overrides of every run: `{' '.join(shared)}`; search: `hparams_search=minilm_lr` (pruning off), "
         f"{n} trials; the tokenization cache was warm for both arms.", "",
         "| | per trial (s) | of which outside the job (s) |", "|---|---|---|",
         f"| one `-m` sweep ({result['sweep_wall_s']} s in all) | {result['sweep_per_trial_s']} | "
@@ -160,14 +158,18 @@ def main() -> None:
         f"Sweep minus one-by-one, per trial: {result['sweep_minus_single_per_trial_s']} s. Inside the sweep, optuna's "
         f"trial span (ask to tell) exceeds the job's own time by {result['sweep_overhead_in_trial_span_s']} s per trial "
         "(config composition for the job, storage writes, the summary callback).", "",
-        "| trial | params | val acc (sweep) | val acc (single) | sweep job s | single wall s | single job s |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        params = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                           for k, v in r["params"].items())
-        lines.append(f"| {r['trial']} | {params} | {r['val_accuracy_sweep']:.4f} | {r['val_accuracy_single']:.4f} | "
-                     f"{r['sweep_job_s']:.1f} | {r['single_wall_s']:.1f} | {r['single_job_s']:.1f} |")
+
+    def params(r: dict) -> str:
+        return ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                         for k, v in r["params"].items())
+
+    lines.append(common.markdown_table(
+        ["trial", "params", "val acc (sweep)", "val acc (single)", "sweep job s", "single wall s", "single job s"],
+        [[r["trial"], params(r), f"{r['val_accuracy_sweep']:.4f}", f"{r['val_accuracy_single']:.4f}",
+          f"{r['sweep_job_s']:.1f}", f"{r['single_wall_s']:.1f}", f"{r['single_job_s']:.1f}"] for r in rows],
+        align="lllllll",
+    ))
     lines += ["", "The sweep's own summary table (`summary.md`, written by the Hydra callback) is copied beside this file.", ""]
     (out_dir / "RESULTS.md").write_text("\n".join(lines))
     print((out_dir / "RESULTS.md").read_text())
