@@ -23,20 +23,19 @@ peak resident memory of the training process (``ru_maxrss`` of that child, from 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from agnews.runs import load_run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+from agnews.runs import load_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 
 # arm -> (strategy, peft, extra overrides). LoRA arms differ only in the learning rate (LoRA usually wants a larger
 # one than full fine-tuning); pick among them by validation accuracy, never by test accuracy.
@@ -50,40 +49,6 @@ ARMS = {
     "lora_lr2e-3": ("standard", "lora", ["strategy.optimizer.lr=2e-3"]),
 }
 LORA_ARMS = [arm for arm, (_, peft, _) in ARMS.items() if peft == "lora"]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
-
-
-def run_child(command: list[str], log_path: Path, env: dict, deadline: float | None) -> dict:
-    """Run ``command``; returns exit code, wall seconds and the child's own peak RSS (MiB), killed at ``deadline``."""
-    start = time.perf_counter()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        killed = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if deadline is not None and time.time() > deadline and not killed:
-                proc.kill()
-                killed = True
-            time.sleep(0.2)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {
-        "rc": proc.returncode,
-        "killed_at_deadline": killed,
-        "wall_s": round(time.perf_counter() - start, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
-    }
 
 
 def train_command(arm: str, args, run_dir: Path) -> list[str]:
@@ -106,25 +71,26 @@ def robustness_command(args, run_dir: Path) -> list[str]:
 def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None) -> dict:
     run_dir = workdir / arm
     command = train_command(arm, args, run_dir)
-    load_before = os.getloadavg()[0]
-    child = run_child([sys.executable, *command[1:]], workdir / f"{arm}.train.log", env, deadline)
+    load_before = common.load_avg_1min()
+    child = common.run_python(command[1:], env=env, log=workdir / f"{arm}.train.log", deadline=deadline)
     row: dict = {"arm": arm, "strategy": ARMS[arm][0], "peft": ARMS[arm][1], "command": shlex.join(command[:-1]),
-                 "run_dir": str(run_dir), "train": child}
-    if child["rc"] != 0:
-        row["error"] = (workdir / f"{arm}.train.log").read_text()[-3000:]
-        row["load_avg_1min"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+                 "run_dir": str(run_dir), "train": child.record()}
+    if not child.ok:
+        row["error"] = child.tail()
+        row["load_avg_1min"] = f"{load_before:.2f} -> {common.load_avg_1min():.2f}"
         return row
     run = load_run(run_dir)
-    metrics, manifest = run.metrics, run.manifest
+    summary = common.run_summary(run_dir)
+    metrics, manifest = summary["metrics"], run.manifest
     steps = json.loads((run_dir / "step_times.json").read_text()) if (run_dir / "step_times.json").is_file() else {}
-    fit_s = manifest["timings_s"]["fit"]
+    fit_s = summary["timings_s"]["fit"]
     row["lr"] = run.config["strategy"]["optimizer"]["lr"]
     row.update({
-        "train_rows": manifest["data"]["sizes"]["train"],
-        "val_rows": manifest["data"]["sizes"].get("val"),
-        "global_step": manifest["global_step"],
-        "timings_s": manifest["timings_s"],
-        "fit_s_per_step": round(fit_s / max(1, manifest["global_step"]), 4),
+        "train_rows": summary["sizes"]["train"],
+        "val_rows": summary["sizes"].get("val"),
+        "global_step": summary["global_step"],
+        "timings_s": summary["timings_s"],
+        "fit_s_per_step": round(fit_s / max(1, summary["global_step"]), 4),
         "median_step_s": steps.get("median_step_s_excl_first"),
         "mean_step_s": steps.get("mean_step_s_excl_first"),
         "first_step_s": steps.get("first_step_s"),
@@ -132,7 +98,7 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
         "trainable_parameters": steps.get("trainable_parameters"),
         "total_parameters_in_training": steps.get("total_parameters"),
         "exported_model": manifest["model"],
-        "peak_rss_mib": child["peak_rss_mib"],
+        "peak_rss_mib": child.peak_rss_mib,
     })
     for split in args.eval_splits:
         if split in metrics:
@@ -141,10 +107,10 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
             row[f"{split}_rows"] = metrics[split]["num_examples"]
     if arm in args.robust_arms and args.robust_sample > 0:
         rcommand = robustness_command(args, run_dir)
-        rchild = run_child([sys.executable, *rcommand[1:]], workdir / f"{arm}.robustness.log", env, deadline)
+        rchild = common.run_python(rcommand[1:], env=env, log=workdir / f"{arm}.robustness.log", deadline=deadline)
         row["robustness_command"] = shlex.join(rcommand)
-        row["robustness_run"] = rchild
-        if rchild["rc"] == 0:
+        row["robustness_run"] = rchild.record()
+        if rchild.ok:
             report = json.loads((run_dir / "robustness.json").read_text())
             if "test" in run.splits:
                 # The same rows scored by the training run (bf16-mixed autocast): a cross-check of the fp32 clean pass.
@@ -164,8 +130,8 @@ def measure_arm(arm: str, args, workdir: Path, env: dict, deadline: float | None
                 "per_perturbation": {f"{p['name']}@{p['rate']}": round(p["accuracy"], 4) for p in report["perturbations"]},
             }
         else:
-            row["robustness_error"] = (workdir / f"{arm}.robustness.log").read_text()[-3000:]
-    row["load_avg_1min"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
+            row["robustness_error"] = rchild.tail()
+    row["load_avg_1min"] = f"{load_before:.2f} -> {common.load_avg_1min():.2f}"
     return row
 
 
@@ -180,7 +146,8 @@ def render(record: dict) -> str:
         "# Adversarial training and LoRA: measurements", "",
         f"- Date: {m['date']} (finished {m.get('finished', 'in progress')})",
         f"- Command: `{m['command']}`",
-        f"- Hardware: {m['cpu']}, {m['cores']} cores, no GPU; torch {m['torch']}",
+        f"- Hardware: {m['cpu']}, {m['cores']} cores, no GPU; torch {m['torch']}"
+        + (f"; 1-min load average at the end: {m['hardware']['load_avg_1min']}" if m.get("hardware") else ""),
         f"- Load average (1 min) at start: {m['load_avg_start']}; per arm below (before -> after)",
         f"- Budget: {m['budget']}",
         f"- Runs (logs, run directories): `{m['workdir']}`", "",
@@ -268,21 +235,18 @@ def main() -> None:
 
     import torch
 
-    now = dt.datetime.now()
-    deadline = None
-    if args.deadline:
-        hh, mm = map(int, args.deadline.split(":"))
-        deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
-    workdir = args.workdir or Path(f"/tmp/agnews-strategies-{now:%Y%m%d-%H%M%S}")
+    deadline = common.deadline_at(args.deadline, tz=None)  # local time, as --help says
+    workdir = args.workdir or Path(f"/tmp/agnews-strategies-{time.strftime('%Y%m%d-%H%M%S')}")
     workdir.mkdir(parents=True, exist_ok=True)
     # One tokenization cache for all arms (same rows, same tokenizer): only the first arm tokenizes.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(workdir / "cache"), "PYTHONUNBUFFERED": "1"}
+    env = common.offline_env(workdir / "cache", PYTHONUNBUFFERED="1")
     steps = -(-args.train_size // args.batch_size)
+    hardware = common.hardware()
     meta = {
-        "date": now.isoformat(timespec="seconds"),
-        "command": "python experiments/strategies/measure_adversarial_and_lora.py " + shlex.join(sys.argv[1:]),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
+        "date": common.now(),
+        "command": common.command_line(),
+        "cpu": hardware["cpu"],
+        "cores": hardware["cores"],
         "torch": torch.__version__,
         "load_avg_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
         "workdir": str(workdir),
@@ -317,7 +281,8 @@ def main() -> None:
         summary["ok"] = "error" not in row and "robustness_error" not in row
         print(json.dumps(summary), flush=True)
         save()
-    meta["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    meta["finished"] = common.now()
+    meta["hardware"] = common.hardware()  # the 1-minute load average at the end
     save()
 
 
