@@ -35,86 +35,61 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from agnews.runs import RunFormatError, load_run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+from agnews.runs import RunFormatError, load_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = common.REPO_ROOT
 DEFAULT_TEACHER = REPO / "outputs/quickstart/runs/2026-12-01_06-52-48"
 PLAIN = "plain fine-tuning"
 
 
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def rel(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it (portable commands), else absolute."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 class Budget:
+    """Seconds left before ``--deadline`` (HH:MM UTC); infinite without one."""
+
     def __init__(self, deadline: str | None):
-        self.deadline = None
-        if deadline:
-            hh, mm = (int(x) for x in deadline.split(":"))
-            self.deadline = now_utc().replace(hour=hh, minute=mm, second=0, microsecond=0)
+        self.deadline = common.deadline_at(deadline)
 
     def left(self) -> float:
-        return float("inf") if self.deadline is None else (self.deadline - now_utc()).total_seconds()
+        return float("inf") if self.deadline is None else self.deadline - time.time()
 
 
 def run_cli(name: str, overrides: list[str], workdir: Path, budget: Budget, results: dict) -> dict:
     """``python -m agnews.train experiment=quickstart hydra.run.dir=<workdir>/<name> <overrides>`` in a subprocess
-    (offline hub, the work directory's cache); the command is recorded exactly as run."""
+    (offline hub, the work directory's cache, output in ``<workdir>/<name>.log``), killed 5 s before the deadline; the
+    command is recorded exactly as run."""
     run_dir = workdir / name
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(workdir / "cache")}
-    command = [sys.executable, "-m", "agnews.train", "experiment=quickstart", f"hydra.run.dir={rel(run_dir)}", *overrides]
-    shown = " ".join(["python -m agnews.train experiment=quickstart", f"hydra.run.dir={rel(run_dir)}", *overrides])
-    entry = {"name": name, "command": shown, "run_dir": rel(run_dir)}
-    timeout = None if budget.deadline is None else max(5.0, budget.left() - 5)
-    load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    print(f"[{now_utc():%H:%M:%S}] {name}: {shown}", flush=True)
-    try:
-        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-        rc, tail = proc.returncode, proc.stderr[-3000:]
-    except subprocess.TimeoutExpired as exc:
-        rc, tail = "timeout", (exc.stderr or b"")[-3000:].decode(errors="replace") if exc.stderr else ""
-    entry["wall_s"] = round(time.perf_counter() - start, 1)
-    entry["load_avg_1min"] = f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}"
-    entry["returncode"] = rc
-    if rc != 0:
-        entry["error_tail"] = tail
-        print(f"  FAILED ({rc}) after {entry['wall_s']} s\n{tail}", flush=True)
+    args = ["experiment=quickstart", f"hydra.run.dir={common.rel(run_dir)}", *overrides]
+    shown = " ".join(["python -m agnews.train", *args])
+    entry = {"name": name, "command": shown, "run_dir": common.rel(run_dir)}
+    deadline = None if budget.deadline is None else time.time() + max(5.0, budget.left() - 5)
+    print(f"[{common.now()}] {name}: {shown}", flush=True)
+    child = common.run_python(["-m", "agnews.train", *args], env=common.offline_env(workdir / "cache"),
+                              log=workdir / f"{name}.log", deadline=deadline)
+    entry["wall_s"] = round(child.seconds, 1)
+    entry["load_avg_1min"] = child.load_avg_1min
+    entry["returncode"] = "timeout" if child.killed_at_deadline else child.rc
+    if entry["returncode"] != 0:
+        entry["error_tail"] = child.tail()
+        print(f"  FAILED ({entry['returncode']}) after {entry['wall_s']} s\n{entry['error_tail']}", flush=True)
     else:
-        run = load_run(run_dir)
-        metrics, manifest = run.metrics, run.manifest
+        run = common.run_summary(run_dir)
         entry["metrics"] = {
-            split: {k: round(metrics[split][k], 4) for k in ("accuracy", "f1_macro")} | {
-                "num_examples": metrics[split].get("num_examples")}
-            for split in ("val", "test") if split in metrics
+            split: {k: round(run["metrics"][split][k], 4) for k in ("accuracy", "f1_macro")}
+            | {"num_examples": run["metrics"][split]["num_examples"]}
+            for split in ("val", "test") if split in run["metrics"]
         }
-        entry["global_step"] = manifest["global_step"]
-        entry["train_rows"] = manifest["data"]["sizes"]["train"]
-        entry["num_parameters"] = manifest["model"]["num_parameters"]
-        entry["phases_s"] = manifest["timings_s"]
+        entry["global_step"] = run["global_step"]
+        entry["train_rows"] = run["sizes"]["train"]
+        entry["num_parameters"] = run["num_parameters"]
+        entry["phases_s"] = run["timings_s"]
         print(f"  done in {entry['wall_s']} s: {entry['metrics']}", flush=True)
     results["runs"][name] = entry
     return entry
@@ -135,7 +110,7 @@ def score_split(model_dir: Path, texts: list[str], labels: list[int], batch_size
     accuracy = float((preds == np.asarray(labels)).mean())
     model = predictor.model.backend.model  # the torch module, for its size
     return {
-        "model_dir": rel(model_dir),
+        "model_dir": common.rel(model_dir),
         "layers": model.config.num_hidden_layers,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "examples": len(texts),
@@ -158,7 +133,7 @@ def measure_speed(teacher: Path, student: Path, batch_size: int, max_rows: int |
     load_before = os.getloadavg()[0]
     out = {"batch_size": batch_size, "precision": "bf16 autocast", "threads": torch.get_num_threads()}
     for name, model_dir in (("teacher", load_run(teacher).require_model()), ("student", load_run(student).require_model())):
-        print(f"[{now_utc():%H:%M:%S}] speed: {name}", flush=True)
+        print(f"[{common.now()}] speed: {name}", flush=True)
         out[name] = score_split(model_dir, texts, labels, batch_size)
         print(f"  {out[name]}", flush=True)
     out["speedup"] = round(out["student"]["examples_per_s"] / out["teacher"]["examples_per_s"], 2)
@@ -182,7 +157,7 @@ def ensure_teacher(args, workdir: Path, budget: Budget, results: dict) -> Path |
         problem = str(exc)
     if args.teacher != DEFAULT_TEACHER:
         raise SystemExit(f"teacher {teacher}: {problem}")
-    print(f"default teacher {rel(teacher)} is missing: building it (quickstart recipe)", flush=True)
+    print(f"default teacher {common.rel(teacher)} is missing: building it (quickstart recipe)", flush=True)
     entry = run_cli("teacher", ["data.train_size=128", *SMOKE_EVAL] if args.smoke else [], workdir, budget, results)
     return workdir / "teacher" if entry.get("returncode") == 0 else None
 
@@ -192,20 +167,19 @@ def run_distill(args, workdir: Path, budget: Budget, results: dict, save) -> Non
     save()
     if teacher is None:
         return
-    tm, tr = load_run(teacher).metrics, load_run(teacher).manifest
+    t = common.run_summary(teacher)
     results["teacher"] = {
-        "run_dir": rel(teacher), "test_accuracy": tm.get("test", {}).get("accuracy"),
-        "test_f1_macro": tm.get("test", {}).get("f1_macro"), "train_rows": tr["data"]["sizes"]["train"],
-        "global_step": tr["global_step"], "num_parameters": tr["model"]["num_parameters"],
-        "fit_s": tr["timings_s"]["fit"],
+        "run_dir": common.rel(teacher), "test_accuracy": t["metrics"].get("test", {}).get("accuracy"),
+        "test_f1_macro": t["metrics"].get("test", {}).get("f1_macro"), "train_rows": t["sizes"]["train"],
+        "global_step": t["global_step"], "num_parameters": t["num_parameters"], "fit_s": t["timings_s"]["fit"],
     }
     rows = 128 if args.smoke else args.distill_train_rows
-    common = [f"data.train_size={rows}", "trainer.max_epochs=1", *(SMOKE_EVAL if args.smoke else [])]
-    student = ["strategy=distill", f"strategy.teacher={rel(teacher)}", "strategy.student_layers=3"]
-    distill = run_cli("distill", [*student, *common], workdir, budget, results)
+    same = [f"data.train_size={rows}", "trainer.max_epochs=1", *(SMOKE_EVAL if args.smoke else [])]
+    student = ["strategy=distill", f"strategy.teacher={common.rel(teacher)}", "strategy.student_layers=3"]
+    distill = run_cli("distill", [*student, *same], workdir, budget, results)
     save()
     if not args.smoke:
-        run_cli("no_teacher", [*student, "strategy.kd_weight=0", "strategy.ce_weight=1", *common], workdir, budget, results)
+        run_cli("no_teacher", [*student, "strategy.kd_weight=0", "strategy.ce_weight=1", *same], workdir, budget, results)
         save()
     if distill.get("returncode") == 0:
         measure_speed(teacher, workdir / "distill", 256, 512 if args.smoke else None, results)
@@ -218,15 +192,8 @@ class MetaEval:
     meta-training runs hold out (the same overrides, so the same rows); and the seed-42 starting model."""
 
     def __init__(self, data_overrides: list[str], max_test_rows: int | None):
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
-
-        import agnews.resolvers  # noqa: F401
-
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            self.cfg = compose("train", overrides=["experiment=quickstart", *data_overrides])
-        GlobalHydra.instance().clear()
+        # The config the meta runs compose (run paths unused here).
+        self.cfg = common.compose_train_cfg(["experiment=quickstart", *data_overrides], Path(tempfile.gettempdir()))
 
         from agnews.data.batching import DynamicPaddingCollator, TokenizedDataset
         from agnews.data.sources import load_source
@@ -367,7 +334,7 @@ def run_meta(args, workdir: Path, budget: Budget, results: dict, save) -> None:
             return
         if not fits(cost.get("tune", 0.0), f"{arm}: tuning"):
             return
-        print(f"[{now_utc():%H:%M:%S}] tune {arm}", flush=True)
+        print(f"[{common.now()}] tune {arm}", flush=True)
         arms[arm]["tuning"] = tuning = evaluator.tune(models[arm], candidates, tune_k, tune_episodes, args.query,
                                                       eval_steps, args.head_init)
         cost["tune"] = tuning["seconds"]
@@ -376,7 +343,7 @@ def run_meta(args, workdir: Path, budget: Budget, results: dict, save) -> None:
             estimate = cost.get(k) or max((t * k / kk for kk, t in cost.items() if kk != "tune"), default=0.0)
             if not fits(estimate, f"{arm} K={k}"):
                 continue
-            print(f"[{now_utc():%H:%M:%S}] test {arm} K={k} ({tuning['chosen']})", flush=True)
+            print(f"[{common.now()}] test {arm} K={k} ({tuning['chosen']})", flush=True)
             arms[arm]["eval"][str(k)] = result = evaluator.evaluate_k(
                 models[arm], k, episodes, args.query, tuning["chosen"], eval_steps, args.head_init)
             cost[k] = result["seconds"]
@@ -454,10 +421,6 @@ def carry_over(previous: dict, results: dict, parts: list[str]) -> None:
                 results["runs"][name] = previous["runs"][name]
 
 
-def pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
-
-
 def cell(acc, ci) -> str:
     return f"{100 * acc:.1f} ± {100 * ci:.1f}"
 
@@ -504,7 +467,8 @@ def render_distill(r: dict) -> list[str]:
     built = r["runs"].get("teacher")
     source = f"`{built['command']}`" if built else f"`{t.get('run_dir', '')}`"
     lines.append(f"| teacher (quickstart run) | 6 | {t.get('num_parameters', 'n/a')} | {t.get('train_rows', 'n/a')} | "
-                 f"{t.get('global_step', 'n/a')} | {pct(t.get('test_accuracy'))} | {pct(t.get('test_f1_macro'))} | "
+                 f"{t.get('global_step', 'n/a')} | {common.pct(t.get('test_accuracy'))} | "
+                 f"{common.pct(t.get('test_f1_macro'))} | "
                  f"{t.get('fit_s', 'n/a')} (fit, that run) | {source} |")
     for name, label in (("distill", "student, distilled"), ("no_teacher", "student, no teacher (CE only)")):
         e = r["runs"].get(name)
@@ -516,7 +480,8 @@ def render_distill(r: dict) -> list[str]:
             continue
         m = e["metrics"].get("test", {})
         lines.append(f"| {label} | 3 | {e['num_parameters']} | {e['train_rows']} | {e['global_step']} | "
-                     f"{pct(m.get('accuracy'))} | {pct(m.get('f1_macro'))} | {e['wall_s']} | `{e['command']}` |")
+                     f"{common.pct(m.get('accuracy'))} | {common.pct(m.get('f1_macro'))} | {e['wall_s']} | "
+                     f"`{e['command']}` |")
     s = r.get("speed")
     if s:
         lines += [
@@ -530,7 +495,7 @@ def render_distill(r: dict) -> list[str]:
         for name in ("teacher", "student"):
             x = s[name]
             lines.append(f"| {name} | {x['layers']} | {x['num_parameters']} | {x['seconds']} | {x['examples_per_s']} | "
-                         f"{pct(x['accuracy'])} |")
+                         f"{common.pct(x['accuracy'])} |")
         lines.append(f"\nStudent/teacher speed ratio: {s['speedup']}x.")
     return lines
 
@@ -594,7 +559,7 @@ def render_meta(r: dict) -> list[str]:
     for arm, info in meta.items():
         if info.get("command"):
             lines.append(f"- {arm}: `{info['command']}` (4-way val accuracy of the exported model, fixed class->slot "
-                         f"mapping, {s['meta_val_rows']} rows: {pct(info.get('val_accuracy_4way'))} %)")
+                         f"mapping, {s['meta_val_rows']} rows: {common.pct(info.get('val_accuracy_4way'))} %)")
     timing = {}
     for info in meta.values():
         for k, e in (info.get("eval") or {}).items():
@@ -649,18 +614,18 @@ def main() -> None:
     import torch
 
     budget = Budget(args.deadline)
-    stamp = now_utc().strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     workdir = (args.work_dir or HERE / "runs" / (stamp + ("-smoke" if args.smoke else ""))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     out_dir = (args.out_dir or (workdir if args.smoke else HERE)).resolve()
-    command = "python " + " ".join([rel(Path(sys.argv[0])), *sys.argv[1:]])
+    command = common.command_line()
     t0 = time.perf_counter()
     results: dict = {
-        "started_at": now_utc().isoformat(timespec="seconds"), "command": command,
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "started_at": common.now(), "command": command,
+        "cpu": common.cpu_name(), "cpu_count": common.hardware()["cores"], "torch": torch.__version__,
         "load_avg_start": "/".join(f"{x:.2f}" for x in os.getloadavg()),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "workdir": rel(workdir), "parts": {}, "runs": {}, "meta": {},
+        "workdir": common.rel(workdir), "parts": {}, "runs": {}, "meta": {},
     }
     if (out_dir / "results.json").is_file():
         carry_over(json.loads((out_dir / "results.json").read_text()), results, args.parts)
@@ -671,17 +636,17 @@ def main() -> None:
     for name, run in (("distill", run_distill), ("meta", run_meta)):
         if name not in args.parts:
             continue
-        part = results["parts"][name] = {"command": command, "started_at": now_utc().isoformat(timespec="seconds"),
+        part = results["parts"][name] = {"command": command, "started_at": common.now(),
                                          "notes": []}
         if name == "distill":
             part["train_rows"] = 128 if args.smoke else args.distill_train_rows
         start = time.perf_counter()
         run(args, workdir, budget, results, save)
-        part["finished_at"] = now_utc().isoformat(timespec="seconds")
+        part["finished_at"] = common.now()
         part["wall_s"] = round(time.perf_counter() - start, 1)
         save()
 
-    results["finished_at"] = now_utc().isoformat(timespec="seconds")
+    results["finished_at"] = common.now()
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["load_avg_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
     save()
