@@ -266,7 +266,8 @@ def run_summary(run_dir: str | Path) -> dict:
     from agnews.runs import load_run
 
     run = load_run(run_dir)
-    metrics, manifest = run.metrics, run.manifest
+    metrics = run.metrics if run.metrics_path.is_file() else {}  # a run that scored no split has none
+    manifest = run.manifest
     return {
         "metrics": {split: {"accuracy": values["accuracy"], "f1_macro": values["f1_macro"],
                             "num_examples": values.get("num_examples")}
