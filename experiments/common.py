@@ -251,9 +251,15 @@ def run_python(args: Sequence[str], *, env: dict | None = None, log: str | Path 
         if timer:
             timer.daemon = True
             timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)  # blocking: exact wall time, and the child's rusage
-        if timer:
-            timer.cancel()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # blocking: exact wall time, and the child's rusage
+        except BaseException:  # Ctrl-C here: do not leave the child running
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Child(proc.returncode, seconds, usage.ru_maxrss, killed.is_set(), (load_before, os.getloadavg()[0]),
