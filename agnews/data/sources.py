@@ -206,6 +206,16 @@ def load_hub(dataset: str = HUB_DATASET, revision: str | None = None, cache_dir:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a core dependency
         raise DataError("data.source=hub needs the 'datasets' package") from exc
+    from agnews.hub import describe_unreachable, hub_offline, unreachable_reason
+
+    # Probe first: unreachable, the hub client would retry for ~24 s before failing. Offline mode uses the cache.
+    reason = None if hub_offline("HF_DATASETS_OFFLINE") else unreachable_reason()
+    if reason is not None:
+        raise DataError(
+            f"Could not load the dataset {dataset!r} from the Hugging Face hub: {describe_unreachable(reason)}.\n"
+            f"Without network access, point at a local ag_news_csv folder: data.source=csv data.data_dir=/path "
+            f"or export {DATA_DIR_ENV}=/path (or set HF_HUB_OFFLINE=1 to use a copy in the Hugging Face cache)."
+        )
     try:
         loaded = datasets.load_dataset(dataset, revision=revision, cache_dir=cache_dir)
     except Exception as exc:  # datasets raises many types for "offline/unreachable/not found"

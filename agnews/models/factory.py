@@ -8,6 +8,7 @@ needs no hub: every architecture's code path runs offline (tests, or a user with
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from agnews.errors import ModelLoadError
+from agnews.hub import describe_unreachable, hub_offline, offline_mode, unreachable_reason
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ OFFLINE_OPTIONS = (
     "Without the hub, use model=minilm_local (pretrained weights shipped in a pip package), "
     "model.pretrained=/path/to/a/saved/model, or model.tiny=true (random weights, for tests)."
 )
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 @dataclass
@@ -93,11 +94,6 @@ def resolve_pretrained(pretrained: str) -> str:
             "it does not ship model weights"
         )
     return str(get_model_path())
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at import)."""
-    return any(os.environ.get(name, "").upper() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _looks_like_path(location: str) -> bool:
@@ -217,11 +213,26 @@ def load_classifier(
                 f"Could not load model.pretrained={pretrained!r}: offline mode is on (HF_HUB_OFFLINE=1) and the model "
                 f"is not in the local Hugging Face cache.\n{OFFLINE_OPTIONS}"
             )
+        unreachable = None
+        if not offline and not is_local:
+            # Probe first: unreachable, huggingface_hub would retry for ~24 s before failing.
+            unreachable = unreachable_reason()
+            if unreachable is not None:
+                if not in_hub_cache(location, revision):
+                    raise ModelLoadError(
+                        f"Could not load model.pretrained={pretrained!r}: {describe_unreachable(unreachable)} and the "
+                        f"model is not in the local Hugging Face cache.\nSet HF_HUB_OFFLINE=1 to work without the "
+                        f"hub (no network is tried then). {OFFLINE_OPTIONS}"
+                    )
+                log.warning("%s: loading model.pretrained=%r from the local Hugging Face cache",
+                            describe_unreachable(unreachable), pretrained)
+                offline = True  # local_files_only: nothing more is asked of the hub
         try:
-            tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, local_files_only=offline)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                location, revision=revision, local_files_only=offline, **labels, **overrides
-            )
+            with offline_mode() if offline else contextlib.nullcontext():
+                tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, local_files_only=offline)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    location, revision=revision, local_files_only=offline, **labels, **overrides
+                )
         except (OSError, ValueError) as exc:
             if is_local:
                 hint = (
@@ -230,7 +241,9 @@ def load_classifier(
                 )
             else:
                 reason = (
-                    "Offline mode is on (HF_HUB_OFFLINE=1) and the model is not in the local Hugging Face cache."
+                    f"{describe_unreachable(unreachable).capitalize()} and the cached copy did not load."
+                    if unreachable
+                    else "Offline mode is on (HF_HUB_OFFLINE=1) and the model is not in the local Hugging Face cache."
                     if offline
                     else "Check the hub id and your network."
                 )
