@@ -75,7 +75,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     chunked into batches; the batch order is shuffled again. The permutation depends only on ``seed + epoch`` (Lightning
     calls :meth:`set_epoch`), so a run resumed at an epoch boundary sees exactly the data order of an uninterrupted one.
     With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch (all ranks get the same batch count).
+
+    Mid-epoch resume: :meth:`state_dict` records the epoch and how many batches of it were used; after
+    :meth:`load_state_dict` the next iteration of that epoch skips exactly those batches (later epochs are unchanged).
     """
+
+    # What decides the batches: a saved position only means something for a sampler that agrees on all of these.
+    _ORDER_KEYS = ("dataset_size", "batch_size", "seed", "mega_batch_factor", "shuffle", "group_by_length", "drop_last",
+                   "num_replicas")
 
     def __init__(
         self,
@@ -105,9 +112,57 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self._yielded = 0  # batches of the current iteration handed out so far
+        self.started = False  # whether any iteration has drawn a batch order yet
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from load_state_dict, used once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _order_state(self) -> dict:
+        return {
+            "dataset_size": len(self.lengths),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "mega_batch_factor": self.mega_batch_factor,
+            "shuffle": self.shuffle,
+            "group_by_length": self.group_by_length,
+            "drop_last": self.drop_last,
+            "num_replicas": self.num_replicas,
+        }
+
+    def state_dict(self, batches_done: int | None = None) -> dict:
+        """The data position: ``epoch`` and ``batches_done`` of it (by default the batches this sampler has yielded;
+        a training loop that prefetches passes the number it actually trained on), plus what defines the order."""
+        done = self._yielded if batches_done is None else int(batches_done)
+        return {"epoch": int(self.epoch), "batches_done": done, "num_batches": len(self), **self._order_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` left off: the next iteration of epoch ``state["epoch"]`` skips its used batches.
+
+        Raises ``ValueError`` when the state was saved for other data or batching (the skipped batches would not be
+        the ones already trained on).
+        """
+        missing = [key for key in ("epoch", "batches_done", *self._ORDER_KEYS) if key not in state]
+        if missing:
+            raise ValueError(f"batch sampler state lacks {missing}; it was not written by LengthGroupedBatchSampler")
+        ours = self._order_state()
+        differs = {key: (state[key], ours[key]) for key in self._ORDER_KEYS if state[key] != ours[key]}
+        if differs:
+            detail = ", ".join(f"{key}: checkpoint {saved!r}, now {now!r}" for key, (saved, now) in differs.items())
+            raise ValueError(
+                "cannot resume the training data position: the checkpoint's batches were drawn with different data or "
+                f"batching ({detail}). Resume with the same data, data.batch_size, seed and devices, or start a new run."
+            )
+        done, epoch = int(state["batches_done"]), int(state["epoch"])
+        if not 0 <= done <= len(self) or epoch < 0:
+            raise ValueError(
+                f"batch sampler state says {done} batches of epoch {epoch} were used, but an epoch has {len(self)}"
+            )
+        # A finished epoch resumes into the next one: start there already, since worker processes draw batches as soon
+        # as the iterator exists, before Lightning calls set_epoch.
+        self.epoch = epoch + 1 if done == len(self) else epoch
+        self._resume = (epoch, done)
 
     @property
     def sampler(self) -> "LengthGroupedBatchSampler":
@@ -134,11 +189,23 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         # A generator: the order is drawn at the first ``next()``, not at ``iter()``. Lightning creates the epoch's
         # iterator before it calls ``set_epoch`` when it resumes from a checkpoint (like torch's BatchSampler, we must
         # not fix the order that early).
+        self.started = True
         batches = self._all_batches()
         per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
         if self.num_replicas > 1:
             batches = batches[self.rank : per_rank * self.num_replicas : self.num_replicas]
-        yield from batches
+        skip = 0
+        if self._resume is not None:
+            # A restored position applies once, and only to the epoch it was saved in (a checkpoint written at the
+            # end of an epoch resumes into the next one, which starts from its first batch).
+            resume_epoch, done = self._resume
+            self._resume = None
+            if resume_epoch == self.epoch:
+                skip = done
+        self._yielded = skip
+        for batch in batches[skip:]:
+            self._yielded += 1
+            yield batch
 
     def __len__(self) -> int:
         count = len(self.lengths)

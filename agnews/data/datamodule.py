@@ -24,6 +24,25 @@ from agnews.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+class TrainDataLoader(DataLoader):
+    """The training loader, resumable mid-epoch: its state is the batch sampler's epoch and position.
+
+    Lightning stores the state of train loaders that have ``state_dict``/``load_state_dict`` with the fit loop (and warns
+    on a mid-epoch resume when they lack it). It loads that state only when the loader is built after the checkpoint is
+    restored, which a scheduler that asks for ``estimated_stepping_batches`` prevents; the data module therefore saves
+    and restores the same position itself (:meth:`AGNewsDataModule.state_dict`). Both routes set the same position.
+    """
+
+    datamodule: "AGNewsDataModule | None" = None
+
+    def state_dict(self) -> dict:
+        return self.datamodule.state_dict() if self.datamodule is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.datamodule is not None:
+            self.datamodule.load_state_dict(state)
+
+
 class AGNewsDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -87,6 +106,8 @@ class AGNewsDataModule(L.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
         self.bad_rows: dict[str, list[dict]] = {}
+        self._train_sampler: LengthGroupedBatchSampler | None = None
+        self._train_position: dict | None = None  # restored from a checkpoint, for the next train loader
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -115,7 +136,47 @@ class AGNewsDataModule(L.LightningDataModule):
             # Start at the epoch Lightning is about to run (the restored one when resuming). Lightning calls set_epoch
             # too, but only after it has created the first iterator, which worker processes start prefetching from.
             sampler.set_epoch(int(trainer.fit_loop.epoch_progress.current.processed))
-        return self._loader(dataset, sampler)
+        self._train_sampler = sampler
+        if self._train_position is not None:
+            # Lightning restores the data module before it builds the loader (except for strategies that restore after
+            # setup, e.g. FSDP): apply the checkpoint's position before any batch is drawn.
+            self._apply_train_position()
+        loader = self._loader(dataset, sampler, TrainDataLoader)
+        loader.datamodule = self
+        return loader
+
+    # ---- checkpoint state: where in the training data the run is ------------------------------------------------
+    def state_dict(self) -> dict:
+        """The training data position: epoch and batches the fit loop has trained on (not what loader workers and
+        Lightning's prefetching drew ahead), so a resumed run skips exactly the batches the checkpoint has seen."""
+        trainer = getattr(self, "trainer", None)
+        if self._train_sampler is None or trainer is None:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return {"train_batch_sampler": self._train_sampler.state_dict(batches_done=done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return  # a checkpoint from before positions were saved: resume at its epoch boundary, as before
+        if "train_batch_sampler" not in state:
+            raise ConfigError(f"the checkpoint's data module state has no training data position: {sorted(state)}")
+        self._train_position = dict(state["train_batch_sampler"])
+        if self._train_sampler is not None:
+            if self._train_sampler.started:
+                log.warning(
+                    "The training data position was restored after the loader started drawing batches (a strategy "
+                    "that restores checkpoints after setup, with data.num_workers > 0): the resumed epoch may differ "
+                    "from the uninterrupted run's"
+                )
+            self._apply_train_position()
+
+    def _apply_train_position(self) -> None:
+        assert self._train_sampler is not None and self._train_position is not None
+        try:
+            self._train_sampler.load_state_dict(self._train_position)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        self._train_position = None
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
@@ -127,8 +188,8 @@ class AGNewsDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         return self._loader(dataset, SortedEvalBatchSampler(dataset.lengths, self.eval_batch_size))
 
-    def _loader(self, dataset, batch_sampler) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, batch_sampler, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        return loader_class(
             dataset,
             batch_sampler=batch_sampler,
             collate_fn=self.collator,
