@@ -173,6 +173,7 @@ def load_classifier(
     size: str | None = None,
     revision: str | None = None,
     config_overrides: Mapping[str, Any] | None = None,
+    attn_implementation: str | None = None,
 ) -> ClassifierBundle:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -185,6 +186,8 @@ def load_classifier(
     if padding_side not in ("left", "right"):
         raise ModelLoadError(f"model.padding_side must be 'left' or 'right', got {padding_side!r}")
     overrides = dict(_plain(config_overrides) or {})
+    if attn_implementation:  # null: transformers' default (sdpa where the architecture has it)
+        overrides["attn_implementation"] = attn_implementation
     tiny_config = _plain(tiny_config)
     if tiny:
         if not tiny_config or "model_type" not in tiny_config:
@@ -192,11 +195,11 @@ def load_classifier(
         tokenizer = offline_tokenizer(padding_side)
         settings = {k: v for k, v in dict(tiny_config).items() if k != "model_type"}
         # The vocabulary and padding id must be the offline tokenizer's, whatever the YAML says.
-        settings.update(overrides)
+        settings.update({k: v for k, v in overrides.items() if k != "attn_implementation"})
         settings.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **labels)
         try:
             config = AutoConfig.for_model(tiny_config["model_type"], **settings)
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
         except (ValueError, TypeError, KeyError, AssertionError) as exc:
             raise ModelLoadError(
                 f"model={family}: tiny_config is invalid for {tiny_config['model_type']}: {exc}"

@@ -28,21 +28,16 @@ def linear_warmup_decay(
     total_steps: int,
     warmup_ratio: float = 0.06,
     warmup_steps: int | None = None,
-    final_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base LR, then linear decay to ``final_lr_ratio`` × base LR at ``total_steps``."""
+    """Linear warm-up to the base LR over ``warmup_steps`` (default ``round(warmup_ratio * total_steps)``), then linear
+    decay to 0 at ``total_steps``: transformers' own schedule, so runs compare step for step with the HF Trainer."""
+    from transformers import get_linear_schedule_with_warmup
+
     warmup = warmup_steps if warmup_steps is not None else int(round(warmup_ratio * total_steps))
-    warmup = max(0, min(warmup, total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        remaining = max(1, total_steps - warmup)
-        progress = min(1.0, (step - warmup) / remaining)
-        return final_lr_ratio + (1.0 - final_lr_ratio) * (1.0 - progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_linear_schedule_with_warmup(optimizer, max(0, min(warmup, total_steps)), total_steps)
 
 
 def constant_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    from transformers import get_constant_schedule
+
+    return get_constant_schedule(optimizer)
