@@ -3,8 +3,9 @@
 ``COMMANDS`` maps each documented command (``python -m agnews...`` or ``make ...``, comments stripped, whitespace
 collapsed) to how it is checked here:
 
-* ``CFG``: the command with ``--cfg job`` appended (compose only, nothing trains); placeholders like ``<run>`` are
-  replaced by a path. Every ``key=value`` override must show up with that value in the printed config.
+* ``CFG``: what ``--cfg job`` prints (compose only, nothing trains), placeholders like ``<run>`` replaced by a path;
+  every ``key=value`` override must show up with that value. Composed in-process for every command, and run as the
+  real CLI with ``--cfg job`` appended for one command per app (all of them under ``-m slow``).
 * ``SWEEP``: a ``-m`` command: its sweep is expanded with Hydra's own parser and every job's config is composed
   (with the hydra config, so launcher and sweeper settings are checked too; an Optuna search space's keys must exist).
 * ``HELP``: run exactly as documented (it asks for ``--help``).
