@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,33 @@ def test_multirun_with_one_good_job_exits_zero(tmp_path, make_ag_news_dir):
     sweep = tmp_path / "mixed_sweep"
     assert len(list(sweep.rglob("error.txt"))) == 1 and len(list(sweep.rglob("metrics.json"))) == 1
     assert "Run directory:" in result.stdout
+
+
+# The same limits on the shipped MiniLM and real rows (quickstart recipe: validation only at the epoch's end, early
+# stopping and best-checkpoint selection on val/accuracy): each run must still validate, score and export.
+@pytest.mark.parametrize(
+    "limits",
+    [
+        ["trainer.max_steps=3"],
+        ["trainer.limit_train_batches=2"],
+        ["trainer.val_check_interval=2", "trainer.max_steps=3"],
+    ],
+    ids=["max_steps", "limit_train_batches", "val_check_interval"],
+)
+def test_real_minilm_shortened_runs_end_scored(tmp_path, shared_data_dir, limits):
+    from tests.conftest import real_rows_dir
+
+    data = real_rows_dir(tmp_path / "data", shared_data_dir, train_rows=200, test_rows=80)
+    run_dir = train_run(
+        tmp_path / "run",
+        ["experiment=quickstart", f"data.data_dir={data}", "data.train_size=null", "data.val_size=40",
+         "data.max_length=32", "data.batch_size=16", "logger=csv", *limits],
+    )
+    metrics = _assert_scored_and_exported(run_dir, val_size=40, test_size=80)
+    assert 1 <= json.loads((run_dir / "run.json").read_text())["global_step"] <= 3
+    assert metrics["monitor"] == "val/accuracy" and 0.0 <= metrics["val"]["accuracy"] <= 1.0
+    # Validation inside fit saved a best checkpoint (scored); stopped before one, the final weights are validated once
+    # and scored, with no checkpoint to point at.
+    best = metrics["best_checkpoint"]
+    assert best is None or Path(best).is_file()
+    assert best is not None or "max_steps=3" in limits[-1]

@@ -22,8 +22,11 @@ split. Run from the repository root:  python experiments/throughput/hf_trainer_v
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import gc
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -58,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-eval", action="store_true", help="skip scoring (profiling runs)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to results.json/RESULTS.md")
+    parser.add_argument("--profile", action="store_true", help="cProfile each timed training call; print the top 15 by own time")
     parser.add_argument("--agnews-override", action="append", default=[], help="extra Hydra override for agnews arms")
     args = parser.parse_args(argv)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -200,10 +204,14 @@ def main(argv=None) -> None:
                 framework, _, precision = arm.rpartition("_")
                 out_dir = work / f"{arm}-{round_}"
                 torch.set_num_threads(args.threads)
-                if framework == "agnews":
-                    measured, model, tokenizer = train_agnews(precision, args, out_dir)
-                else:
-                    measured, model, tokenizer = train_hf(framework, precision, args, rows, out_dir)
+                profiler = cProfile.Profile() if args.profile else contextlib.nullcontext()
+                with profiler:  # covers model loading too: read the top entries, which are the training step's
+                    if framework == "agnews":
+                        measured, model, tokenizer = train_agnews(precision, args, out_dir)
+                    else:
+                        measured, model, tokenizer = train_hf(framework, precision, args, rows, out_dir)
+                if args.profile:
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
                 entry = results.setdefault(arm, {"seconds": [], **measured})
                 if round_:
                     entry["seconds"].append(measured["seconds"])
