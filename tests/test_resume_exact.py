@@ -124,6 +124,19 @@ def test_last_every_n_train_steps_is_validated():
         RunCheckpoint(last_every_n_train_steps=5, save_last=False)
 
 
+def test_a_checkpoint_taken_before_any_best_resumes_into_a_new_run_directory(tmp_path):
+    """A step checkpoint written before the first validation has no best yet: the new run starts tracking afresh."""
+    from agnews.callbacks.checkpoint import RunCheckpoint
+
+    old = RunCheckpoint(dirpath=str(tmp_path / "old"), monitor="val/loss", mode="min", save_last=True)
+    state = old.state_dict()
+    assert state["best_model_path"] == "" and state["best_model_score"] is None
+    new = RunCheckpoint(dirpath=str(tmp_path / "new"), monitor="val/loss", mode="min", save_last=True)
+    new.load_state_dict(state)
+    assert new.best_model_path == "" and new.best_model_score is None and new.best_k_models == {}
+    assert new.kth_value == float("inf") and new.dirpath == str(tmp_path / "new")
+
+
 # A fit that rewrites a fat last.ckpt at every step, with the temp folder on another file system than the checkpoint
 # (Lightning then copies into place, which is not atomic by itself): the copy takes long enough to be killed during it.
 _SAVE_FOREVER = """
@@ -214,40 +227,36 @@ def _command(run_dir: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "agnews.train", *overrides, f"hydra.run.dir={run_dir}"]
 
 
-def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, make_ag_news_dir):
-    data = make_ag_news_dir(train_per_class=60, test_per_class=8)  # 200 train rows: 13 batches of 16 per epoch
+def _kill_resume_compare(tmp_path: Path, common: list[str], steps_per_epoch: int, epochs: int, kill_after_step: int,
+                         slow_seconds: float = 0.2) -> Path:
+    """Run ``common`` uninterrupted and, in parallel, slowed down and SIGKILLed once last.ckpt holds step
+    ``kill_after_step`` or later; resume that from its last.ckpt; assert both end alike. Returns the last.ckpt used."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(tmp_path / "cache")}
-    common = [
-        *TINY, *small_data_overrides(data), "trainer.max_epochs=2", "trainer.deterministic=true", "torch_threads=1",
-        "seed=7", "strategy.optimizer.lr=5e-3", "callbacks.progress_log=null",
-        # early stopping stays on (its patience counter is part of the state to restore) but never fires here
-        "callbacks.early_stopping.monitor=val/loss", "callbacks.early_stopping.mode=min",
-        # validation twice an epoch (after batches 6 and 12) and at the epoch end; val/loss improves nearly every time,
-        # so "best" moves during the run and the resumed run must track it like the uninterrupted one
-        "trainer.val_check_interval=0.5", "callbacks.model_checkpoint.monitor=val/loss",
-        "callbacks.model_checkpoint.mode=min", "callbacks.model_checkpoint.last_every_n_train_steps=4",
-    ]
-    steps_per_epoch = math.ceil(200 / 16)
 
-    def run(name, extra=()):
+    def start(name, extra=()):
         return subprocess.Popen(
             _command(tmp_path / name, [*common, *extra]), cwd=REPO_ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
 
-    full = run("full")
-    killed = run("killed", ["+callbacks.slow._target_=tests.test_resume_exact.SlowTrainingSteps"])
+    full = start("full")
+    killed = start("killed", [
+        "+callbacks.slow._target_=tests.test_resume_exact.SlowTrainingSteps", f"+callbacks.slow.seconds={slow_seconds}",
+    ])
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    # Kill once a mid-epoch step checkpoint of epoch 0 (step 8) or later exists: the kill then lands between two saves.
-    while time.monotonic() < deadline and killed.poll() is None:
-        if last.is_file() and _ckpt_state(last)["global_step"] >= 8:
-            break
-        time.sleep(0.05)
-    assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()[-3000:]}"
-    time.sleep(0.3)  # a step or two past the checkpoint: work the resumed run has to redo
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and killed.poll() is None:
+            if last.is_file() and _ckpt_state(last)["global_step"] >= kill_after_step:
+                break
+            time.sleep(0.05)
+        assert killed.poll() is None, f"the run ended before it could be killed: {killed.stderr.read()[-3000:]}"
+        time.sleep(slow_seconds * 1.5)  # a step or two past the checkpoint: work the resumed run has to redo
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "metrics.json").exists()
 
@@ -258,13 +267,13 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, make_ag_news_dir):
 
     resumed = subprocess.run(
         _command(tmp_path / "resumed", [*common, f"ckpt_path={last}"]), cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert full.wait(timeout=300) == 0, full.stderr.read()[-3000:]
+    assert full.wait(timeout=600) == 0, full.stderr.read()[-3000:]
 
     manifests = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("full", "resumed")}
-    assert manifests["resumed"]["global_step"] == manifests["full"]["global_step"] == 2 * steps_per_epoch
+    assert manifests["resumed"]["global_step"] == manifests["full"]["global_step"] == epochs * steps_per_epoch
     metrics = {name: dict(_numbers(json.loads((tmp_path / name / "metrics.json").read_text()))) for name in manifests}
     assert metrics["full"].keys() == metrics["resumed"].keys()
     for key, value in metrics["full"].items():
@@ -279,3 +288,44 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, make_ag_news_dir):
     assert [i for i, _ in full_rows] == [i for i, _ in resumed_rows]
     for (_, a), (_, b) in zip(full_rows, resumed_rows, strict=True):
         assert b == pytest.approx(a, abs=1e-5)
+    return last
+
+
+def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, make_ag_news_dir):
+    data = make_ag_news_dir(train_per_class=60, test_per_class=8)  # 200 train rows: 13 batches of 16 per epoch
+    common = [
+        *TINY, *small_data_overrides(data), "trainer.max_epochs=2", "trainer.deterministic=true", "torch_threads=1",
+        "seed=7", "strategy.optimizer.lr=5e-3", "callbacks.progress_log=null",
+        # early stopping stays on (its patience counter is part of the state to restore) but never fires here
+        "callbacks.early_stopping.monitor=val/loss", "callbacks.early_stopping.mode=min",
+        # validation twice an epoch (after batches 6 and 12) and at the epoch end; val/loss improves nearly every time,
+        # so "best" moves during the run and the resumed run must track it like the uninterrupted one
+        "trainer.val_check_interval=0.5", "callbacks.model_checkpoint.monitor=val/loss",
+        "callbacks.model_checkpoint.mode=min", "callbacks.model_checkpoint.last_every_n_train_steps=4",
+    ]
+    # step checkpoints at steps 4 and 8 of epoch 0 (12 is followed by a validation): killed after step 8, the resumed
+    # run redoes part of epoch 0, a mid-epoch validation, the epoch end and all of epoch 1
+    last = _kill_resume_compare(tmp_path, common, steps_per_epoch=13, epochs=2, kill_after_step=8)
+
+    # Resuming that checkpoint with another batch size is refused, naming the difference (in-process: the error type)
+    from tests.conftest import train_run
+
+    with pytest.raises(ConfigError, match=r"batch_size: checkpoint 16, now 8"):
+        train_run(tmp_path / "wrong", [c for c in common if c != "torch_threads=1"] + ["data.batch_size=8",
+                                                                                       f"ckpt_path={last}"])
+
+
+@pytest.mark.slow
+def test_the_real_minilm_killed_mid_epoch_resumes_exactly(tmp_path, shared_data_dir):
+    """The shipped pretrained MiniLM on real rows, bf16 autocast on CPU as the quickstart trains (about 2 minutes)."""
+    from tests.conftest import real_rows_dir
+
+    data = real_rows_dir(tmp_path / "data", shared_data_dir, train_rows=420, test_rows=200)
+    common = [
+        "experiment=quickstart", f"data.data_dir={data}", "data.train_size=null", "data.val_size=100",
+        "data.batch_size=16", "strategy.optimizer.lr=2e-4", "callbacks.progress_bar=null",
+        "callbacks.progress_log=null", "trainer.deterministic=true", "torch_threads=1", "evaluate.export_model=false",
+        "trainer.val_check_interval=0.5", "callbacks.model_checkpoint.last_every_n_train_steps=5",
+    ]
+    # 320 train rows: 20 steps, validations after steps 10 and 20, step checkpoints at 5 and 15
+    _kill_resume_compare(tmp_path, common, steps_per_epoch=20, epochs=1, kill_after_step=5, slow_seconds=0.5)

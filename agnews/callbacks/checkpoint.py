@@ -123,6 +123,9 @@ class RunCheckpoint(ModelCheckpoint):
         state["kth_best_model_path"] = moved.get(state_dict.get("kth_best_model_path", ""), "")
         state["last_model_path"] = ""
         if not state["best_model_path"]:
-            state.pop("best_model_score", None)
+            # No best yet (a step checkpoint before the first validation) or its file is gone: start the tracking
+            # afresh. Lightning reads best_model_score unconditionally, so it must be present.
+            state["best_model_score"] = None
+            state["kth_value"] = self.kth_value
         super().load_state_dict(state)
         log.info("Resumed checkpoint tracking: best so far %s", state["best_model_path"] or "(none)")
