@@ -114,6 +114,38 @@ def test_a_malformed_position_is_refused():
         sampler.load_state_dict({"epoch": 0})
 
 
+def test_the_data_module_applies_a_restored_position_to_its_next_train_loader(tmp_path, make_ag_news_dir):
+    """Lightning restores the data module before it builds the train loader: the loader starts at the position."""
+    from agnews.data.datamodule import AGNewsDataModule
+    from agnews.models.factory import offline_tokenizer
+
+    folder = make_ag_news_dir(train_per_class=20, test_per_class=2)
+
+    def datamodule(batch_size=8):
+        dm = AGNewsDataModule(offline_tokenizer("right"), source="csv", data_dir=str(folder), label_names=LABELS,
+                              val_size=8, max_length=32, batch_size=batch_size, cache_dir=str(tmp_path / "cache"), seed=3)
+        dm.setup("fit")
+        return dm
+
+    reference = datamodule().train_dataloader().batch_sampler
+    reference.set_epoch(2)
+    epoch2 = list(reference)
+    assert len(epoch2) == 9  # 72 train rows
+    position = reference.state_dict(batches_done=4)
+
+    resumed = datamodule()
+    resumed.load_state_dict({"train_batch_sampler": position})
+    loader = resumed.train_dataloader()
+    assert [batch["index"].tolist() for batch in loader] == epoch2[4:]
+
+    other = datamodule(batch_size=16)
+    other.load_state_dict({"train_batch_sampler": position})
+    with pytest.raises(ConfigError, match="batch_size: checkpoint 8, now 16"):
+        other.train_dataloader()
+    with pytest.raises(ConfigError, match="no training data position"):
+        datamodule().load_state_dict({"something_else": 1})
+
+
 # ---- checkpoint writes -------------------------------------------------------------------------------------------
 def test_last_every_n_train_steps_is_validated():
     from agnews.callbacks.checkpoint import RunCheckpoint

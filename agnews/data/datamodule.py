@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from agnews.data.batching import (
@@ -158,6 +159,9 @@ class AGNewsDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return  # a checkpoint from before positions were saved: resume at its epoch boundary, as before
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn is not None and trainer.state.fn != TrainerFn.FITTING:
+            return  # validate/test/predict with ckpt_path=: only the weights matter, not where training stood
         if "train_batch_sampler" not in state:
             raise ConfigError(f"the checkpoint's data module state has no training data position: {sorted(state)}")
         self._train_position = dict(state["train_batch_sampler"])
