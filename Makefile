@@ -6,7 +6,7 @@ VENV ?= .venv
 # The CPU wheel of torch 2.13.0 is what this project is developed against; a newer, unpinned torch
 # would pull a multi-GB CUDA build. On a GPU machine: make TORCH_SPEC="torch==2.13.0" (CUDA wheel from PyPI).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble,serve
+EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble,serve,report
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
 
@@ -21,13 +21,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-# System packages the tests need (a real PostgreSQL server for the sweep tests). Installed with apt when missing
+# System packages the tests need (a real PostgreSQL server for the sweep tests, chromium for the report's browser test). Installed with apt when missing
 # and running as root (CI and the project's machines); elsewhere the tests say what to install.
 system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "PostgreSQL server binaries missing: install the 'postgresql' package (tests/test_sweeps_postgres.py)"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: install Debian's 'chromium' package (the evaluation report's browser test)"; fi; \
 	fi
 
 quickstart: install
