@@ -261,6 +261,10 @@ def _fit_evaluate_write(
                 label_names,
                 {s: (r["labels"].tolist(), r["probs"].argmax(dim=-1).tolist()) for s, r in predictions.items()},
                 model_dir=model_dir,
+                # reliability diagrams and the most confident mistakes (with their texts) per split
+                probs={s: r["probs"].float().numpy() for s, r in predictions.items()},
+                texts={s: datamodule.splits[s].texts for s in predictions},
+                ids={s: datamodule.splits[s].ids for s in predictions},
             )
         runs.write_json(output_dir / runs.METRICS_FILE, metrics)
         # The manifest goes last: its presence is what marks the run as finished (agnews.runs.load_run).

@@ -104,6 +104,13 @@ def summarize_offline_run(run_dir: Path) -> dict:
     return out
 
 
+def _read_predictions(path: Path) -> list[dict]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [{"id": r["id"], "label": int(r["label"]), "pred": int(r["pred"])} for r in csv.DictReader(handle)]
+
+
 def _summary_node(summary: dict, prefix: str) -> dict:
     """A logged media object's summary entry (W&B stores it as nested keys ``<prefix>/<field>``)."""
     node = {key[len(prefix) + 1 :]: value for key, value in summary.items() if key.startswith(prefix + "/")}
@@ -184,6 +191,24 @@ def test_wandb_offline_run_records_config_metrics_and_tables(tmp_path, make_ag_n
         counts = {(row[0], row[1]): row[2] for row in cells}
         expected = metrics[split]["confusion_matrix"]
         assert all(counts[(LABELS[i], LABELS[j])] == expected[i][j] for i in range(4) for j in range(4))
+        # Calibration and mistakes, as the evaluation report shows them: a reliability diagram (a real PNG), ECE/MCE,
+        # and the most confident mistakes with their texts, matching the stored predictions.
+        image = _summary_node(run["summary"], f"{split}/reliability_diagram")
+        assert image["_type"] == "image-file" and image["width"] > 100 and image["height"] > 100
+        assert (runs[0] / "files" / image["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert 0 <= run["summary"][f"{split}/ece"] <= run["summary"][f"{split}/mce"] <= 1
+        stored = _read_predictions(run_root / "predictions" / f"{split}.csv")
+        wrong = [r for r in stored if r["label"] != r["pred"]]
+        mistakes = _summary_node(run["summary"], f"{split}/confident_mistakes")
+        rows = json.loads((runs[0] / "files" / mistakes["path"]).read_text())
+        assert rows["columns"] == ["id", "gold", "predicted", "confidence", "p(gold)", "text"]
+        assert len(rows["data"]) == min(20, len(wrong))
+        confidences = [row[3] for row in rows["data"]]
+        assert confidences == sorted(confidences, reverse=True)
+        by_id = {r["id"]: r for r in stored}
+        for row in rows["data"]:
+            assert by_id[row[0]]["label"] == LABELS.index(row[1]) and by_id[row[0]]["pred"] == LABELS.index(row[2])
+            assert row[5].strip(), "the mistake's text is in the table"
     # The exported model went in as an artifact.
     artifacts = [r for r in read_wandb_file(next(runs[0].glob("run-*.wandb"))) if r.WhichOneof("record_type") == "artifact"]
     model_artifacts = [r.artifact for r in artifacts if r.artifact.type == "model"]
@@ -218,6 +243,19 @@ def test_wandb_multirun_gives_one_run_per_job_in_one_group(tmp_path, make_ag_new
     assert summaries["0"]["config"]["seed"] == 1 and summaries["1"]["config"]["seed"] == 2
     for job in ("0", "1"):
         assert "test/accuracy" in summaries[job]["summary"]
+    # At the end of the multirun, one more run of the same group holds the sweep summary (summary.csv) as a table.
+    (summary_run,) = sorted((sweep_dir / "wandb").glob("offline-run-*"))
+    summary = summarize_offline_run(summary_run)
+    assert summary["run"].run_group == "sweep-xyz" and summary["run"].job_type == "sweep-summary"
+    assert summary["summary"]["sweep/jobs"] == 2 and summary["summary"]["sweep/ok"] == 2
+    meta = _summary_node(summary["summary"], "sweep/summary")
+    table = json.loads((summary_run / "files" / meta["path"]).read_text())
+    assert table["columns"][:3] == ["job", "overrides", "status"] and "test/accuracy" in table["columns"]
+    assert [row[0] for row in table["data"]] == ["0", "1"]
+    column = table["columns"].index("test/accuracy")
+    for row, job in zip(table["data"], ("0", "1")):
+        assert row[column] == pytest.approx(summaries[job]["summary"]["test/accuracy"], abs=1e-4)
+    assert _summary_node(summary["summary"], "sweep/summary_by_config")["nrows"] == 1  # seeds of one configuration
 
 
 def test_csv_and_tensorboard_loggers_together(tmp_path, make_ag_news_dir, compose_train_cfg):
@@ -239,3 +277,73 @@ def test_csv_and_tensorboard_loggers_together(tmp_path, make_ag_news_dir, compos
     assert final.value == pytest.approx(metrics["test"]["accuracy"])
     with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as handle:
         assert sum(1 for row in __import__("csv").DictReader(handle) if row.get("test/accuracy")) == 1
+
+
+# ---- the evaluation report on W&B ---------------------------------------------------------------------------------
+def test_evaluation_report_logged_to_wandb_offline(tmp_path, tiny_run_factory, wandb_env):
+    """The report of a tiny run (metrics, calibration, errors, attributions) logged by evaluation_to_wandb into an
+    offline run of the evaluated run's group: numbers in the summary, every figure as an image, the per-class and
+    confident-mistakes tables, and the attribution heat-maps as HTML."""
+    pytest.importorskip("captum", reason="the report extra (pip install -e '.[report]') provides captum")
+    from agnews.evaluation.attribution import attribution_section
+    from agnews.evaluation.calibration import calibration_section
+    from agnews.evaluation.error_analysis import errors_section
+    from agnews.evaluation.report import write_report
+    from agnews.evaluation.sections import metrics_section
+    from agnews.evaluation.source import EvaluationSource
+    from agnews.tracking.evaluation import evaluation_to_wandb
+
+    run_dir = tiny_run_factory("minilm")
+    source = EvaluationSource.open(run_dir)
+    sections = [
+        metrics_section(source), calibration_section(source), errors_section(source, k=5),
+        attribution_section(source, sample_size=4, seed=0, top_k=2, n_steps=8, shap_max_evals=40, random_draws=2),
+    ]
+    report = tmp_path / "evaluation"
+    write_report(sections, report, "tiny")
+    result = evaluation_to_wandb(report, run_dir, {"mode": "auto", "tags": ["eval"]}, sections=sections)
+    assert result["mode"] == "offline" and result["group"] == run_dir.name
+
+    (offline,) = sorted((report / "wandb").glob("offline-run-*"))
+    logged = summarize_offline_run(offline)
+    assert logged["run"].job_type == "evaluate" and logged["run"].run_group == run_dir.name
+    assert list(logged["run"].tags) == ["eval"]
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    s = logged["summary"]
+    assert s["evaluation/metrics/accuracy"] == pytest.approx(evaluation["metrics"]["accuracy"])
+    assert s["evaluation/calibration/before/ece"] == pytest.approx(evaluation["calibration"]["before"]["ece"])
+    assert s["evaluation/calibration/temperature"] == pytest.approx(evaluation["calibration"]["temperature"])
+    for name in ("confusion_matrix", "per_class", "reliability_before", "reliability_after", "attribution_heatmaps"):
+        image = _summary_node(s, f"evaluation/figures/{name}")
+        logged_png = (offline / "files" / image["path"]).read_bytes()
+        assert image["_type"] == "image-file" and logged_png[:4] == b"\x89PNG" and len(logged_png) > 1000
+    per_class = json.loads((offline / "files" / _summary_node(s, "evaluation/per_class")["path"]).read_text())
+    assert [row[0] for row in per_class["data"]] == LABELS
+    mistakes = json.loads((offline / "files" / _summary_node(s, "evaluation/confident_mistakes")["path"]).read_text())
+    assert [row[0] for row in mistakes["data"]] == [m["id"] for m in evaluation["errors"]["most_confident_mistakes"]]
+    heatmaps = _summary_node(s, "evaluation/attribution_heatmaps")
+    assert heatmaps["_type"] == "html-file"
+    page = (offline / "files" / heatmaps["path"]).read_text()
+    assert 'class="attr"' in page and "captum" in page  # the token spans of the heat-maps
+    assert _summary_node(s, "evaluation/report")["_type"] == "html-file"
+
+
+def test_evaluation_to_wandb_refuses_a_folder_without_a_report(tmp_path, wandb_env):
+    from agnews.tracking.evaluation import log_report_to_wandb
+
+    with pytest.raises(FileNotFoundError, match="evaluation.json"):
+        log_report_to_wandb(object(), tmp_path)
+
+
+def test_confident_mistakes_order_and_shape_errors():
+    import numpy as np
+
+    from agnews.tracking.evaluation import confident_mistakes
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    rows = confident_mistakes([1, 1, 1, 0], probs, ["a", "b"], texts=["t0", "t1", "t2", "t3"], ids=list("wxyz"))
+    assert [r[0] for r in rows] == ["w", "z", "y"]  # wrong ones only, most confident first
+    assert rows[0][1:] == ["b", "a", 0.9, 0.1, "t0"]
+    assert confident_mistakes([1, 1, 1, 0], probs, ["a", "b"], k=1)[0][0] == "0"
+    with pytest.raises(ValueError, match="probs"):
+        confident_mistakes([0, 1], probs, ["a", "b"])

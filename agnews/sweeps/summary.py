@@ -199,6 +199,18 @@ class SweepSummaryCallback(Callback):
                 log.info("Sweep summary: %s", Path(config.hydra.sweep.dir) / "summary.md")
         except Exception:  # noqa: BLE001
             log.exception("Could not write the sweep summary")
+            return
+        loggers = config.get("logger")
+        wandb_cfg = loggers.get("wandb") if isinstance(loggers, DictConfig) else None
+        if rows and wandb_cfg is not None:
+            # logger=wandb sweeps: the summary table goes into the jobs' W&B group (agnews.tracking.evaluation).
+            try:
+                from agnews.tracking.evaluation import log_sweep_summary
+
+                keys = ("mode", "project", "entity", "group", "tags")
+                log_sweep_summary(config.hydra.sweep.dir, {k: wandb_cfg.get(k) for k in keys if k in wandb_cfg})
+            except Exception:  # noqa: BLE001  (W&B trouble must not fail a finished sweep)
+                log.exception("Could not log the sweep summary to W&B")
 
 
 if __name__ == "__main__":

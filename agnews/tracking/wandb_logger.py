@@ -12,50 +12,14 @@
 from __future__ import annotations
 
 import logging
-import netrc
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
 
-from agnews.errors import ConfigError
+from agnews.tracking.mode import MODES, has_api_key, resolve_mode  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-MODES = ("online", "offline", "disabled")
-_ENV_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
-
-
-def has_api_key(environ: Mapping[str, str] | None = None) -> bool:
-    """True when W&B has credentials: ``WANDB_API_KEY`` or a netrc entry for the W&B host (``WANDB_BASE_URL``)."""
-    env = os.environ if environ is None else environ
-    if env.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
-    path = Path(env.get("NETRC") or Path(env.get("HOME") or Path.home()) / ".netrc")
-    try:
-        auth = netrc.netrc(str(path)).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(auth and auth[2])
-
-
-def resolve_mode(mode: str | None = "auto", environ: Mapping[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    if mode in MODES:
-        return mode
-    if mode not in (None, "auto"):
-        raise ConfigError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
-    if env.get("WANDB_MODE"):
-        chosen = _ENV_MODE_ALIASES.get(env["WANDB_MODE"], env["WANDB_MODE"])
-        if chosen not in MODES:
-            raise ConfigError(f"WANDB_MODE={env['WANDB_MODE']!r} is not one of {MODES}")
-        return chosen
-    if str(env.get("WANDB_DISABLED", "")).lower() in ("1", "true", "yes"):
-        return "disabled"
-    return "online" if has_api_key(env) else "offline"
 
 
 def _hydra_config():
@@ -143,10 +107,15 @@ def log_evaluation(
     label_names: Sequence[str],
     predictions: Mapping[str, tuple[Sequence[int], Sequence[int]]],
     model_dir: str | Path | None = None,
+    probs: Mapping[str, Any] | None = None,
+    texts: Mapping[str, Sequence[str]] | None = None,
+    ids: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """End of run: final metrics in the summary, per-class tables and confusion matrices, optionally the model.
 
-    ``predictions[split] = (gold labels, predicted labels)``; ``metrics[split]`` is a classification report.
+    ``predictions[split] = (gold labels, predicted labels)``; ``metrics[split]`` is a classification report. With
+    ``probs[split]`` (examples x classes) also a reliability diagram, ECE/MCE and the most confident mistakes (with
+    ``texts[split]`` / ``ids[split]`` in the table) per split (:func:`agnews.tracking.evaluation.log_split_diagnostics`).
     """
     import wandb
 
@@ -172,6 +141,13 @@ def log_evaluation(
         )
     if payload:
         run.log(payload)
+    if getattr(logger, "log_evaluation_tables", True):
+        from agnews.tracking.evaluation import log_split_diagnostics
+
+        for split, split_probs in (probs or {}).items():
+            labels = predictions[split][0]
+            log_split_diagnostics(run, split, labels, split_probs, label_names, (texts or {}).get(split),
+                                  (ids or {}).get(split), k=getattr(logger, "mistakes_k", 20))
     if model_dir is not None and getattr(logger, "log_exported_model", False):
         artifact = wandb.Artifact(
             name=f"model-{run.id}",
