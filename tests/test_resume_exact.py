@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -122,8 +121,10 @@ def test_the_data_module_applies_a_restored_position_to_its_next_train_loader(tm
     folder = make_ag_news_dir(train_per_class=20, test_per_class=2)
 
     def datamodule(batch_size=8):
-        dm = AGNewsDataModule(offline_tokenizer("right"), source="csv", data_dir=str(folder), label_names=LABELS,
-                              val_size=8, max_length=32, batch_size=batch_size, cache_dir=str(tmp_path / "cache"), seed=3)
+        dm = AGNewsDataModule(
+            offline_tokenizer("right"), source="csv", data_dir=str(folder), label_names=LABELS, val_size=8,
+            max_length=32, batch_size=batch_size, cache_dir=str(tmp_path / "cache"), seed=3,
+        )
         dm.setup("fit")
         return dm
 

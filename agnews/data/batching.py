@@ -152,7 +152,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             detail = ", ".join(f"{key}: checkpoint {saved!r}, now {now!r}" for key, (saved, now) in differs.items())
             raise ValueError(
                 "cannot resume the training data position: the checkpoint's batches were drawn with different data or "
-                f"batching ({detail}). Resume with the same data, data.batch_size, seed and devices, or start a new run."
+                f"batching ({detail}). Resume with the same data, data.batch_size, seed and devices, or start a new "
+                "run."
             )
         done, epoch = int(state["batches_done"]), int(state["epoch"])
         if not 0 <= done <= len(self) or epoch < 0:

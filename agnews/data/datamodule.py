@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 class TrainDataLoader(DataLoader):
     """The training loader, resumable mid-epoch: its state is the batch sampler's epoch and position.
 
-    Lightning stores the state of train loaders that have ``state_dict``/``load_state_dict`` with the fit loop (and warns
-    on a mid-epoch resume when they lack it). It loads that state only when the loader is built after the checkpoint is
-    restored, which a scheduler that asks for ``estimated_stepping_batches`` prevents; the data module therefore saves
-    and restores the same position itself (:meth:`AGNewsDataModule.state_dict`). Both routes set the same position.
+    Lightning stores the state of train loaders that have ``state_dict``/``load_state_dict`` with the fit loop (and
+    warns on a mid-epoch resume when they lack it). It loads that state only when the loader is built after the
+    checkpoint is restored, which a scheduler that asks for ``estimated_stepping_batches`` prevents; the data module
+    therefore saves and restores the same position itself (:meth:`AGNewsDataModule.state_dict`). Both routes set the
+    same position.
     """
 
     datamodule: "AGNewsDataModule | None" = None
