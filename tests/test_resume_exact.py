@@ -338,7 +338,8 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, make_ag_news_dir):
     ]
     # step checkpoints at steps 4 and 8 of epoch 0 (12 is followed by a validation): killed after step 8, the resumed
     # run redoes part of epoch 0, a mid-epoch validation, the epoch end and all of epoch 1
-    last = _kill_resume_compare(tmp_path, common, steps_per_epoch=13, epochs=2, kill_after_step=8)
+    # (0.5 s per step in the killed run: the next save, at step 12, is 2 s away even on a loaded machine)
+    last = _kill_resume_compare(tmp_path, common, steps_per_epoch=13, epochs=2, kill_after_step=8, slow_seconds=0.5)
 
     # Resuming that checkpoint with another batch size is refused, naming the difference (in-process: the error type)
     from tests.conftest import train_run
