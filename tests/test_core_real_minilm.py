@@ -183,7 +183,7 @@ def test_adversarial_steps_on_real_minilm_keep_embeddings_and_norm_bounds(root, 
     assert len(logged) == 3 and all(0 < v <= eps * (1 + 1e-5) for v in logged)
 
 
-# ---- LoRA / IA3: the merged export reproduces the run ------------------------------------------------------------------
+# ---- LoRA / IA3: the merged export reproduces the run ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def merged_run(root, real_data):
     """``merged_run(method)``: a finished fp32 peft=<method> run of the real MiniLM (1 epoch, 23 steps), cached."""
@@ -272,7 +272,7 @@ def test_lora_onnx_export_reproduces_the_real_run(merged_run, tmp_path):
     np.testing.assert_allclose(onnx.predict_proba(texts), stored, atol=1e-4, rtol=0)
 
 
-# ---- distillation from a real teacher -----------------------------------------------------------------------------------
+# ---- distillation from a real teacher --------------------------------------------------------------------------------
 def _predict(model, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
@@ -328,7 +328,7 @@ def test_distillation_from_the_real_minilm_teacher(root, real_minilm_run):
     assert json.loads((run / "model" / "config.json").read_text())["num_hidden_layers"] == 3
 
 
-# ---- exact resume on the real model ---------------------------------------------------------------------------------
+# ---- exact resume on the real model ----------------------------------------------------------------------------------
 class StopAfterFirstEpoch(L.Callback):
     """An interruption at the epoch boundary: the run is configured exactly like the full one (same LR schedule)."""
 
@@ -395,7 +395,7 @@ def test_resume_at_an_epoch_boundary_equals_the_uninterrupted_real_run(root, sha
     np.testing.assert_allclose(resumed_probs, full_probs, atol=1e-5, rtol=0)
 
 
-# ---- prompt and prefix tuning learn a real task -------------------------------------------------------------------
+# ---- prompt and prefix tuning learn a real task ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sports_vs_scitech(root, shared_data_dir) -> Path:
     """Real rows of two classes (Sports, Sci/Tech): 240 train rows, 80 balanced test rows."""
@@ -457,7 +457,7 @@ def _initial_prompt(run: Path) -> torch.Tensor:
     return next(p for n, p in bundle.model.named_parameters() if "prompt_encoder" in n).detach().clone()
 
 
-# ---- the robustness CLI on real runs ------------------------------------------------------------------------------
+# ---- the robustness CLI on real runs ---------------------------------------------------------------------------------
 ALL_PERTURBATIONS = {"char_swap", "char_drop", "char_insert", "keyboard_typo", "word_drop", "word_shuffle", "synonym"}
 
 
