@@ -203,7 +203,7 @@ def _fit_evaluate_write(
     # reads the full state dict (state_dict_type: full) into a fresh, unwrapped model.
     sharded = _is_sharded(trainer)
     weights_path = best_path
-    if sharded and not best_path and cfg.evaluate.export_model:
+    if sharded and not best_path and cfg.scoring.export_model:
         # No best checkpoint (stopped before a validation saved one): the export below rebuilds an unwrapped model and
         # needs the final weights as one full state dict, which only a checkpoint of the sharded trainer provides.
         weights_path = str(output_dir / "checkpoints" / "final.ckpt")
@@ -215,7 +215,7 @@ def _fit_evaluate_write(
     metrics: dict = {"best_checkpoint": best_path, "monitor": checkpoint.monitor if checkpoint else None}
     from agnews.evaluation.metrics import classification_report
 
-    splits = list(cfg.evaluate.splits)
+    splits = list(cfg.scoring.splits)
     predictions = (
         _predict_splits(trainer, module, datamodule, splits, output_dir, ckpt_path=best_path if sharded else None)
         if splits
@@ -239,12 +239,12 @@ def _fit_evaluate_write(
         for logger in trainer.loggers:
             _adopt_csv_header(logger)
             logger.log_metrics(
-                {f"{split}/{key}": metrics[split][key] for split in cfg.evaluate.splits for key in ("accuracy", "f1_macro")},
+                {f"{split}/{key}": metrics[split][key] for split in cfg.scoring.splits for key in ("accuracy", "f1_macro")},
                 step=global_step,
             )
             logger.save()
         model_dir = None
-        if cfg.evaluate.export_model:
+        if cfg.scoring.export_model:
             if sharded:
                 bundle = apply_peft(instantiate(cfg.model, label_names=label_names), cfg.get("peft"))
                 if weights_path:
@@ -281,9 +281,9 @@ def _fit_evaluate_write(
                 "artifacts": {
                     "config": runs.CONFIG_FILE,
                     "metrics": runs.METRICS_FILE,
-                    "model": runs.MODEL_DIR if cfg.evaluate.export_model else None,
+                    "model": runs.MODEL_DIR if cfg.scoring.export_model else None,
                     "predictions": {
-                        s: runs.predictions_path(".", s).as_posix() for s in cfg.evaluate.splits
+                        s: runs.predictions_path(".", s).as_posix() for s in cfg.scoring.splits
                     },
                     "best_checkpoint": best_path,
                     "last_checkpoint": _last_checkpoint(checkpoint),

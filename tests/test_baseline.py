@@ -328,7 +328,7 @@ def test_bad_data_config_raises_the_data_layers_errors(tmp_path):
         ("model.word.ngram_range=[2,1]", r"model.word.ngram_range must satisfy 1 <= min <= max"),
         ("model.classifier.calibration=platt", "model.classifier.calibration must be one of"),
         ("model.family=bert", "model.family must be 'tfidf'"),
-        ("evaluate.splits=[dev]", "evaluate.splits: unknown split"),
+        ("scoring.splits=[dev]", "scoring.splits: unknown split"),
     ],
 )
 def test_bad_model_config_is_a_config_error(tmp_path, override, message):

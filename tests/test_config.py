@@ -17,7 +17,7 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "group", ["data", "model", "strategy", "peft", "trainer", "logger", "callbacks", "experiment", "evaluate", "paths"]
+    "group", ["data", "model", "strategy", "peft", "trainer", "logger", "callbacks", "experiment", "scoring", "paths"]
 )
 def test_every_option_of_every_group_composes(group, compose_train_cfg):
     options = _options(group)

@@ -42,7 +42,7 @@ REAL = [
 # No checkpoints, no scoring, no export: what the adversarial checks need is the training steps themselves.
 STEPS_ONLY = [
     "trainer.enable_checkpointing=false", "callbacks.model_checkpoint=null", "callbacks.early_stopping=null",
-    "evaluate.splits=[]", "evaluate.export_model=false", "trainer.limit_val_batches=0",
+    "scoring.splits=[]", "scoring.export_model=false", "trainer.limit_val_batches=0",
 ]
 
 

@@ -67,7 +67,7 @@ def test_local_parallel_launcher_runs_jobs_concurrently(tmp_path, make_ag_news_d
         sys.executable, "-m", "agnews.train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
         "model=minilm", "model.tiny=true", "trainer=debug", "logger=csv", "callbacks.progress_bar=null",
         f"data.data_dir={data}", "data.source=csv", "data.val_size=8", "data.max_length=16", "torch_threads=1",
-        "evaluate.export_model=false", f"hydra.sweep.dir={sweep_dir}", "seed=1,2",
+        "scoring.export_model=false", f"hydra.sweep.dir={sweep_dir}", "seed=1,2",
     ]
     # cwd outside the checkout: only installed Hydra plugins are scanned (as for an installed package).
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

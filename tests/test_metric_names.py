@@ -28,7 +28,7 @@ def test_tiny_sweep_uses_the_same_names_in_log_metrics_json_and_summary(tmp_path
     data = make_ag_news_dir(train_per_class=8, test_per_class=3)
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "agnews.train", "-m", *TINY, *small_data_overrides(data), "data.val_size=12",
-               "trainer.max_epochs=1", "evaluate.export_model=false", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+               "trainer.max_epochs=1", "scoring.export_model=false", "seed=1,2", f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,7 +22,7 @@ LINE = re.compile(r"progress: (epoch \d+ done: )?epoch (\d+)/(\d+) step (\d+)/(\
 def test_train_cli_with_piped_stdout_prints_progress_lines(tmp_path, make_ag_news_dir):
     data = make_ag_news_dir(train_per_class=12, test_per_class=2)  # 48 rows - 12 val = 36 train: 3 steps of 16
     command = [sys.executable, "-m", "agnews.train", *TINY, *small_data_overrides(data), "data.val_size=12",
-               "trainer.max_epochs=2", "evaluate.export_model=false", "callbacks.progress_log.every_n_steps=1",
+               "trainer.max_epochs=2", "scoring.export_model=false", "callbacks.progress_log.every_n_steps=1",
                f"hydra.run.dir={tmp_path / 'run'}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGNEWS_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -358,7 +358,7 @@ def test_the_real_minilm_killed_mid_epoch_resumes_exactly(tmp_path, shared_data_
     common = [
         "experiment=quickstart", f"data.data_dir={data}", "data.train_size=null", "data.val_size=100",
         "data.batch_size=16", "strategy.optimizer.lr=2e-4", "callbacks.progress_bar=null",
-        "callbacks.progress_log=null", "trainer.deterministic=true", "torch_threads=1", "evaluate.export_model=false",
+        "callbacks.progress_log=null", "trainer.deterministic=true", "torch_threads=1", "scoring.export_model=false",
         "trainer.val_check_interval=0.5", "callbacks.model_checkpoint.last_every_n_train_steps=5",
     ]
     # 320 train rows: 20 steps, validations after steps 10 and 20, step checkpoints at 5 and 15

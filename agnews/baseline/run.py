@@ -131,10 +131,10 @@ def _run(options: dict, output_dir: Path) -> dict:
 
     data = options["data"]
     label_names = list(data["label_names"])
-    eval_splits = list((options.get("evaluate") or {}).get("splits") or ["val", "test"])
+    eval_splits = list((options.get("scoring") or {}).get("splits") or ["val", "test"])
     unknown = [split for split in eval_splits if split not in SPLITS]
     if unknown:
-        raise ConfigError(f"evaluate.splits: unknown split(s) {unknown}; choose from {list(SPLITS)}")
+        raise ConfigError(f"scoring.splits: unknown split(s) {unknown}; choose from {list(SPLITS)}")
     onnx_options = options.get("onnx") or {}
     tolerance = float(onnx_options.get("tolerance", 1e-4))
     batch_size = int(onnx_options.get("batch_size", 32))

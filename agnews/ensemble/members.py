@@ -91,7 +91,7 @@ def load_members(spec, splits: Sequence[str] = ("val", "test")) -> Members:
         if "val" in missing:
             problems.append(
                 f"{name}: no validation predictions ({run.predictions_path('val')}); the combiner is fitted on them "
-                "(train with evaluate.splits=[val,test])"
+                "(train with scoring.splits=[val,test])"
             )
         elif missing:
             problems.append(f"{name}: no stored predictions for {missing} (stored: {run.splits or 'none'})")

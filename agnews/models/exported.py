@@ -55,7 +55,7 @@ def load_classifier(model_dir: str | Path) -> LoadedClassifier:
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir}: no such model directory (a run exports it with evaluate.export_model=true)")
+        raise FileNotFoundError(f"{model_dir}: no such model directory (a run exports it with scoring.export_model=true)")
     info_path = model_dir / MODEL_INFO_FILE
     info = read_json(info_path) if info_path.is_file() else {}
     if (model_dir / ADAPTER_CONFIG).is_file():

@@ -161,7 +161,7 @@ class RunDir:
             return self.model_dir
         if not self.model_dir.is_dir():
             raise RunFormatError(
-                f"{self.path}: the run exported no model (no {MODEL_DIR}/; train with evaluate.export_model=true)"
+                f"{self.path}: the run exported no model (no {MODEL_DIR}/; train with scoring.export_model=true)"
             )
         raise RunFormatError(f"{self.model_dir}: incomplete model export (no {MODEL_INFO_FILE})")
 

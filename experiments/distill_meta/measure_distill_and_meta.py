@@ -142,7 +142,7 @@ def measure_speed(teacher: Path, student: Path, batch_size: int, max_rows: int |
 
 
 # ---- part 1: distillation -----------------------------------------------------------------------------------------------
-SMOKE_EVAL = ["data.val_size=64", "evaluate.splits=[val]"]  # smoke runs: a small val split, no test scoring
+SMOKE_EVAL = ["data.val_size=64", "scoring.splits=[val]"]  # smoke runs: a small val split, no test scoring
 
 
 def ensure_teacher(args, workdir: Path, budget: Budget, results: dict) -> Path | None:
@@ -291,7 +291,7 @@ def run_meta(args, workdir: Path, budget: Budget, results: dict, save) -> None:
     candidates += [{"adapt": "head", "lr": lr} for lr in args.head_lr_grid]
     data = [f"data.train_size={rows}", f"data.val_size={val_rows}"]
     meta_common = [
-        *data, "evaluate.splits=[val]", "trainer.max_epochs=1", "strategy.n_way=4", f"strategy.k_shot={args.meta_k}",
+        *data, "scoring.splits=[val]", "trainer.max_epochs=1", "strategy.n_way=4", f"strategy.k_shot={args.meta_k}",
         f"strategy.query_per_class={args.meta_k}", "strategy.meta_batch_size=2",
         f"strategy.inner_steps={args.inner_steps}", f"strategy.inner_lr={args.inner_lr}",
         f"strategy.episodes_per_epoch={steps}", "strategy.permute_labels=true", f"strategy.head_init={args.head_init}",

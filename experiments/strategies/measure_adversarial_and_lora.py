@@ -4,7 +4,7 @@ Every arm is one subprocess of the CLI, on the real shared AG News copy with the
 (``experiment=quickstart``: trainer=cpu, bf16-mixed) and the SAME seed, rows, steps and schedule:
 
     python -m agnews.train experiment=quickstart strategy=<arm> peft=<none|lora> seed=42 data.train_size=... \
-        data.val_size=... data.max_length=64 data.batch_size=32 trainer.max_epochs=1 evaluate.splits=[val,test] \
+        data.val_size=... data.max_length=64 data.batch_size=32 trainer.max_epochs=1 scoring.splits=[val,test] \
         callbacks.progress_bar=null +callbacks.step_timer={_target_:experiments.strategies.step_timer.StepTimer} \
         hydra.run.dir=<workdir>/<arm>
 
@@ -57,7 +57,7 @@ def train_command(arm: str, args, run_dir: Path) -> list[str]:
         "python", "-m", "agnews.train", "experiment=quickstart", f"strategy={strategy}", f"peft={peft}",
         f"seed={args.seed}", f"data.train_size={args.train_size}", f"data.val_size={args.val_size}",
         f"data.max_length={args.max_length}", f"data.batch_size={args.batch_size}", "trainer.max_epochs=1",
-        f"evaluate.splits=[{','.join(args.eval_splits)}]", "callbacks.progress_bar=null",
+        f"scoring.splits=[{','.join(args.eval_splits)}]", "callbacks.progress_bar=null",
         "+callbacks.step_timer={_target_:experiments.strategies.step_timer.StepTimer}",
         *extra, *args.overrides, f"hydra.run.dir={run_dir}",
     ]

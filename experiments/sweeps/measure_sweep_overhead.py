@@ -65,7 +65,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     env = common.offline_env(workdir / "cache")
     shared = ["experiment=quickstart", f"data.data_dir={args.data_dir}", "data.train_size=300", "data.val_size=200",
-              "data.max_length=64", "trainer.max_epochs=1", "evaluate.splits=[val]", "evaluate.export_model=false",
+              "data.max_length=64", "trainer.max_epochs=1", "scoring.splits=[val]", "scoring.export_model=false",
               "callbacks.progress_bar=null"]
     trials = args.trials
     if args.smoke:

@@ -82,7 +82,7 @@ def agnews_cfg(args, precision: str, out_dir: Path):
         f"strategy.optimizer.lr={args.lr}",
         f"trainer.precision={'bf16-mixed' if precision == 'bf16' else '32-true'}",
         # The HF arms train only: no evaluation, checkpoints, logging or progress bar inside the timed call.
-        "callbacks=none", "logger=none", "trainer.limit_val_batches=0", "evaluate.splits=[]",
+        "callbacks=none", "logger=none", "trainer.limit_val_batches=0", "scoring.splits=[]",
         "++trainer.enable_checkpointing=false", "++trainer.enable_progress_bar=false",
         f"torch_threads={args.threads}",
         *args.agnews_override,
