@@ -347,3 +347,25 @@ def test_confident_mistakes_order_and_shape_errors():
     assert confident_mistakes([1, 1, 1, 0], probs, ["a", "b"], k=1)[0][0] == "0"
     with pytest.raises(ValueError, match="probs"):
         confident_mistakes([0, 1], probs, ["a", "b"])
+
+
+def test_evaluate_cli_logs_the_report_with_wandb_enabled(tmp_path, tiny_run_factory, wandb_env):
+    """python -m agnews.evaluate ... wandb.enabled=true: the written report also lands in an offline W&B run."""
+    run_dir = tiny_run_factory("minilm")
+    out = tmp_path / "report"
+    command = [
+        sys.executable, "-m", "agnews.evaluate", f"run={run_dir}", f"output_dir={out}", "robustness.enabled=false",
+        "attack.enabled=false", "attribution.enabled=false", "wandb.enabled=true", "wandb.tags=[cli]",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+    result = subprocess.run(command, env=wandb_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"in group {run_dir.name}" in result.stdout
+    (offline,) = sorted((out / "wandb").glob("offline-run-*"))
+    logged = summarize_offline_run(offline)
+    assert logged["run"].job_type == "evaluate" and list(logged["run"].tags) == ["cli"]
+    assert logged["config"]["run"] == str(run_dir) and logged["config"]["output_dir"] == str(out)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert logged["summary"]["evaluation/metrics/accuracy"] == pytest.approx(evaluation["metrics"]["accuracy"])
+    assert _summary_node(logged["summary"], "evaluation/figures/reliability_after")["_type"] == "image-file"
+    assert _summary_node(logged["summary"], "evaluation/confident_mistakes")["_type"] == "table-file"
