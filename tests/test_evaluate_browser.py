@@ -151,7 +151,7 @@ def tiny_report(tiny_run_factory, tmp_path_factory) -> Path:
         seed=0,
         significance={"n_resamples": 200},
         attribution={"enabled": False, "sample_size": 4, "n_steps": 8, "shap_max_evals": 40, "random_draws": 2, "top_k": 2},
-        attack={"enabled": False},  # TEMP
+        attack={"enabled": False},
     )
     return out
 
@@ -194,3 +194,24 @@ def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
     stats = screenshot_stats(tmp_path / "report.png")
     assert stats["size"][0] >= 1000 and stats["size"][1] > 2000, stats
     assert stats["colours"] > 200 and stats["grey_std"] > 20 and stats["non_white"] > 0.03, stats
+
+
+def main(argv: list[str]) -> None:
+    """``python tests/test_evaluate_browser.py <report.html> <out.png> [height]``: the same headless check of any report,
+    printed, plus a screenshot (full page, or the top ``height`` pixels) for the docs."""
+    report, out = Path(argv[0]).resolve(), Path(argv[1])
+    info = inspect_page(report.as_uri(), chromium_executable(), out)
+    assert_renders(info, expected_images=report.read_text(encoding="utf-8").count("<img "))
+    if len(argv) > 2:
+        from PIL import Image
+
+        image = Image.open(out)
+        image.crop((0, 0, image.width, min(image.height, int(argv[2])))).save(out)
+    print(json.dumps({k: v for k, v in info.items() if k != "text"}, indent=1)[:2000])
+    print(screenshot_stats(out))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
