@@ -40,7 +40,9 @@ SHELL_BLOCKS = ("", "bash", "sh", "shell", "console")
 PLACEHOLDER = re.compile(r"<[^<>]+>")
 # Hydra apps: python -m <module> -> its primary config in conf/
 HYDRA_APPS = {"agnews.train": "train", "agnews.baseline": "baseline", "agnews.ensemble": "ensemble",
-              "agnews.export": "export", "agnews.serve": "serve"}
+              "agnews.export": "export", "agnews.serve": "serve",
+              # in its own folder: beside train.yaml, data=<folder> would select a training `data` group config
+              "agnews.evaluate": "evaluate/evaluate"}
 ARCHITECTURES = ["xlnet", "deberta", "roberta", "electra", "longformer", "minilm"]
 README_SMOKE = "python -m agnews.train model=xlnet model.tiny=true trainer=debug"
 
@@ -92,6 +94,11 @@ COMMANDS: dict[str, Plan] = {
         Plan(CFG),
     "python -m agnews.ensemble members=[A,B] method=soft_vote bundle.enabled=false": Plan(CFG),
     "python -m agnews.ensemble --help": Plan(HELP),
+    # ---- docs/evaluation.md
+    "python -m agnews.evaluate run=outputs/quickstart/runs/<run>": Plan(CFG),
+    "python -m agnews.evaluate run=<run> compare=<other_run> data=/data/other_news sample_size=200": Plan(CFG),
+    "python -m agnews.evaluate run=<ensemble_run>/bundle output_dir=reports/ensemble": Plan(CFG),
+    "python -m agnews.evaluate --help": Plan(HELP),
     # ---- docs/export.md
     "python -m agnews.export run=<run> format=tensorrt": Plan(CFG),
     "python -m agnews.export run=<run> output_dir=/srv/models/agnews parity.num_texts=512": Plan(CFG),
@@ -272,9 +279,10 @@ def _compose(config_name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    folder, _, config_name = config_name.rpartition("/")  # an app whose config sits in its own folder of conf/
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR / folder), version_base="1.3"):
             return compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
