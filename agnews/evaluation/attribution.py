@@ -10,7 +10,9 @@ What the section computes (``attribution_section``):
   ``logit`` or ``prob``); the target is the class the model predicts now. Baseline: every token replaced by the pad
   token, the special tokens ([CLS], [SEP], ...) kept, same attention mask. Per-token attribution = the sum over the
   hidden dimension. Integrated Gradients is complete: the attributions sum to f(x) - f(baseline) up to the
-  integration error, reported as the convergence delta (per example and mean |delta|; more ``n_steps`` shrink it).
+  integration error, reported as the convergence delta (per example and mean |delta|). An example whose |delta|
+  exceeds ``delta_tolerance`` x |f(x) - f(baseline)| is integrated again with twice the steps, up to
+  ``max_n_steps``.
 - **SHAP** (any Predictor, ensemble bundles included): ``shap.Explainer`` (partition algorithm) with a
   ``shap.maskers.Text`` masker built on the run's fast tokenizer (shap's word tokenizer when there is none: a bundle, a
   TF-IDF model), the model function being ``Predictor.predict_proba`` on the masked strings, with a bounded
@@ -32,7 +34,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -59,6 +61,7 @@ class TokenAttribution:
     delta: float | None = None  # Captum: sum(scores) - (f(x) - f(baseline))
     f_input: float | None = None
     f_baseline: float | None = None
+    n_steps: int | None = None  # Captum: integration steps used
 
     @property
     def tokens(self) -> list[str]:
@@ -154,11 +157,18 @@ def captum_attributions(
     internal_batch_size: int = 16,
     output: str = "log_prob",
     global_attention_first_token: bool = False,
+    max_n_steps: int | None = None,
+    delta_tolerance: float = 0.05,
 ) -> list[TokenAttribution]:
     """Layer Integrated Gradients on ``model.get_input_embeddings()``, one example at a time (no padding to explain).
 
     The baseline keeps the special tokens and replaces every other token by the pad token. ``output`` is the explained
     scalar for the target class: ``log_prob`` (log-softmax), ``logit`` or ``prob``.
+
+    Refinement: with ``max_n_steps``, an example whose convergence delta exceeds ``delta_tolerance`` x
+    |f(x) - f(baseline)| is integrated again with twice the steps, up to ``max_n_steps`` (the path from an all-pad
+    input can bend sharply: on the real MiniLM a few examples need 128 steps where most converge at 32). The steps
+    used are recorded.
     """
     import torch
     from captum.attr import LayerIntegratedGradients
@@ -167,6 +177,8 @@ def captum_attributions(
         raise ValueError(f"captum output must be one of {CAPTUM_OUTPUTS}, got {output!r}")
     if n_steps < 2:
         raise ValueError(f"n_steps must be >= 2, got {n_steps}")
+    if max_n_steps is not None and max_n_steps < n_steps:
+        raise ValueError(f"max_n_steps ({max_n_steps}) must be >= n_steps ({n_steps})")
     if len(texts) != len(targets):
         raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -192,24 +204,30 @@ def captum_attributions(
         input_ids = torch.tensor([ids], dtype=torch.long)
         baseline = torch.tensor([[t if s else pad_id for t, s in zip(ids, special)]], dtype=torch.long)
         mask = torch.ones_like(input_ids)
-        attributions, delta = lig.attribute(
-            inputs=input_ids,
-            baselines=baseline,
-            target=int(target),
-            additional_forward_args=(mask,),
-            n_steps=n_steps,
-            internal_batch_size=internal_batch_size,
-            return_convergence_delta=True,
-        )
-        per_token = attributions.sum(dim=-1)[0].detach().double().numpy()
         with torch.no_grad():
             f_x = float(forward(input_ids, mask)[0, int(target)])
             f_b = float(forward(baseline, mask)[0, int(target)])
+        steps = n_steps
+        while True:
+            attributions, delta = lig.attribute(
+                inputs=input_ids,
+                baselines=baseline,
+                target=int(target),
+                additional_forward_args=(mask,),
+                n_steps=steps,
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=True,
+            )
+            delta = float(delta.reshape(-1)[0])
+            if max_n_steps is None or steps * 2 > max_n_steps or abs(delta) <= delta_tolerance * abs(f_x - f_b):
+                break
+            steps *= 2
+        per_token = attributions.sum(dim=-1)[0].detach().double().numpy()
         keep = [i for i, (s, (a, b)) in enumerate(zip(special, spans)) if not s and b > a]
         results.append(
             TokenAttribution(
                 "captum", text, [spans[i] for i in keep], per_token[keep], int(target),
-                delta=float(delta.reshape(-1)[0]), f_input=f_x, f_baseline=f_b,
+                delta=delta, f_input=f_x, f_baseline=f_b, n_steps=steps,
             )
         )
     return results
@@ -473,6 +491,8 @@ def attribution_section(
     split: str = "test",
     methods: Sequence[str] = METHODS,
     n_steps: int = 32,
+    max_n_steps: int = 256,
+    delta_tolerance: float = 0.05,
     internal_batch_size: int = 16,
     captum_output: str = "log_prob",
     shap_max_evals: int = 200,
@@ -481,13 +501,23 @@ def attribution_section(
     figure_examples: int = 4,
 ):
     """The report's interpretability section (see the module docstring) for an
-    :class:`agnews.evaluation.source.EvaluationSource` (or a run/bundle path)."""
+    :class:`agnews.evaluation.source.EvaluationSource` (or a run/bundle path).
+
+    ``agnews.evaluation.sections`` calls it as ``attribution_section(source, settings, seed)`` with the ``attribution:``
+    block of ``conf/evaluate/evaluate.yaml``: a mapping in place of ``sample_size`` is read as keyword arguments (its
+    ``enabled`` key ignored; an unknown key is an error naming the known ones).
+    """
     from agnews.evaluation.report import Section, md_image, skipped_section
+
+    if isinstance(sample_size, Mapping):
+        return attribution_section(source, seed=seed, **settings_kwargs(sample_size))
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}")
     check_top_k(top_k)
+    if "captum" in methods and (n_steps < 2 or (max_n_steps is not None and max_n_steps < n_steps)):
+        raise ValueError(f"n_steps must be >= 2 and max_n_steps >= n_steps, got {n_steps} and {max_n_steps}")
     if captum_output not in CAPTUM_OUTPUTS:
         raise ValueError(f"captum_output must be one of {CAPTUM_OUTPUTS}, got {captum_output!r}")
     if isinstance(source, (str, Path)):
@@ -522,14 +552,18 @@ def attribution_section(
             loaded = _load_hf(model_dir)
             attributions = captum_attributions(
                 loaded.model, loaded.tokenizer, texts, targets, max_length, n_steps, internal_batch_size, captum_output,
-                bool(loaded.info.get("global_attention_first_token")),
+                bool(loaded.info.get("global_attention_first_token")), max_n_steps, delta_tolerance,
             )
             deltas = np.asarray([a.delta for a in attributions])
+            changes = np.asarray([abs(a.f_input - a.f_baseline) for a in attributions])
             stats = {
-                "n_steps": n_steps, "output": captum_output, "baseline": "pad tokens, special tokens kept",
+                "n_steps": n_steps, "max_n_steps": max_n_steps, "delta_tolerance": delta_tolerance,
+                "output": captum_output, "baseline": "pad tokens, special tokens kept",
                 "mean_abs_delta": float(np.abs(deltas).mean()), "max_abs_delta": float(np.abs(deltas).max()),
-                "mean_abs_output_change": float(np.mean([abs(a.f_input - a.f_baseline) for a in attributions])),
+                "mean_abs_output_change": float(changes.mean()),
+                "mean_relative_delta": float(np.mean(np.abs(deltas) / np.maximum(changes, 1e-12))),
                 "deltas": [round(float(d), 6) for d in deltas],
+                "steps_used": [int(a.n_steps) for a in attributions],
             }
         else:
             attributions = shap_attributions(predictor, texts, targets, tokenizer, shap_max_evals, shap_batch_size, seed)
@@ -564,6 +598,21 @@ def attribution_section(
         html=_html(summary, results, methods, examples, label_names),
         figures=figures,
     )
+
+
+def settings_kwargs(settings: Mapping) -> dict:
+    """Keyword arguments of :func:`attribution_section` from a config block (``enabled`` and ``seed`` excluded: the
+    report passes its own seed)."""
+    import inspect
+
+    known = [n for n in inspect.signature(attribution_section).parameters if n not in ("source", "seed")]
+    kwargs = {str(k): v for k, v in settings.items() if str(k) != "enabled"}
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"attribution.{unknown[0]} is not an option of the attribution section (known: {known})")
+    if "methods" in kwargs:
+        kwargs["methods"] = tuple(kwargs["methods"])
+    return kwargs
 
 
 def examples_for_figure(examples: Sequence[Example], n: int) -> list[Example]:
@@ -611,10 +660,12 @@ def _notes(results: dict, methods: Sequence[str]) -> list[str]:
             notes.append(f"{m}: skipped: {r['reason']}")
         elif m == "captum":
             notes.append(
-                f"captum: Layer Integrated Gradients on the input embeddings, {r['n_steps']} steps, output "
-                f"{r['output']}, baseline {r['baseline']}; convergence delta mean |delta| = {r['mean_abs_delta']:.4g}, "
-                f"max {r['max_abs_delta']:.4g} (mean |f(x) - f(baseline)| = {r['mean_abs_output_change']:.4g}); "
-                f"{r['seconds']} s"
+                f"captum: Layer Integrated Gradients on the input embeddings, output {r['output']}, baseline "
+                f"{r['baseline']}, {r['n_steps']} steps (doubled up to {r['max_n_steps'] or r['n_steps']} while "
+                f"|delta| > {r['delta_tolerance']:g} x |f(x) - f(baseline)|; mean used "
+                f"{np.mean(r['steps_used']):.0f}); "
+                f"convergence delta mean |delta| = {r['mean_abs_delta']:.4g}, max {r['max_abs_delta']:.4g} "
+                f"(mean |f(x) - f(baseline)| = {r['mean_abs_output_change']:.4g}); {r['seconds']} s"
             )
         else:
             notes.append(f"shap: {r['algorithm']} explainer, text masker on the {r['tokenizer']}, max_evals "
