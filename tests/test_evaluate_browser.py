@@ -136,7 +136,7 @@ def test_missing_chromium_fails_with_the_fix_and_skip_is_explicit():
         chromium_executable({"AGNEWS_SKIP_BROWSER": "1", "AGNEWS_CHROMIUM": "/nonexistent/chromium"})
 
 
-# ---- a real report ----------------------------------------------------------------------------------------------------
+# ---- a real report --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_report(tiny_run_factory, tmp_path_factory) -> Path:
     """The report of a tiny run with every section that runs offline, on small samples."""
@@ -150,7 +150,8 @@ def tiny_report(tiny_run_factory, tmp_path_factory) -> Path:
         sample_size=16,
         seed=0,
         significance={"n_resamples": 200},
-        attribution={"enabled": False, "sample_size": 4, "n_steps": 8, "shap_max_evals": 40, "random_draws": 2, "top_k": 2},
+        attribution={"enabled": False, "sample_size": 4, "n_steps": 8, "shap_max_evals": 40, "random_draws": 2,
+                     "top_k": 2},
         attack={"enabled": False},
     )
     return out
@@ -197,8 +198,8 @@ def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
 
 
 def main(argv: list[str]) -> None:
-    """``python tests/test_evaluate_browser.py <report.html> <out.png> [height]``: the same headless check of any report,
-    printed, plus a screenshot (full page, or the top ``height`` pixels) for the docs."""
+    """``python tests/test_evaluate_browser.py <report.html> <out.png> [height]``: the same headless check of any
+    report, printed, plus a screenshot (full page, or the top ``height`` pixels) for the docs."""
     report, out = Path(argv[0]).resolve(), Path(argv[1])
     info = inspect_page(report.as_uri(), chromium_executable(), out)
     assert_renders(info, expected_images=report.read_text(encoding="utf-8").count("<img "))

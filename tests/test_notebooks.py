@@ -63,7 +63,7 @@ def test_every_notebook_is_tested_and_committed_with_outputs():
     """Each notebook has a test here, and its committed copy shows a full run: every code cell executed in order, with
     output where it prints, no error output."""
     found = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    assert found == sorted(TESTED), f"notebooks without a test (or tests without a notebook): {found} vs {sorted(TESTED)}"
+    assert found == sorted(TESTED), f"notebooks without a test (or a test without its notebook): {found}"
     for name in found:
         book = nbformat.read(NOTEBOOKS / name, as_version=4)
         code = [c for c in book.cells if c.cell_type == "code"]

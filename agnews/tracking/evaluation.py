@@ -46,7 +46,8 @@ def confident_mistakes(
     ids: Sequence[str] | None = None,
     k: int = 20,
 ) -> list[list]:
-    """Rows of :data:`MISTAKE_COLUMNS` for the ``k`` wrong predictions with the highest confidence (ties by position)."""
+    """Rows of :data:`MISTAKE_COLUMNS` for the ``k`` wrong predictions with the highest confidence (ties: by
+    position)."""
     import numpy as np
 
     probs = np.asarray(probs, dtype=np.float64)
@@ -107,7 +108,7 @@ def log_split_diagnostics(
         columns=MISTAKE_COLUMNS, data=confident_mistakes(labels, probs, label_names, texts, ids, k)
     )
     run.log(payload)
-    return {**payload, **{f"{split}/{k}": v for k, v in errors.items()}}
+    return {**payload, **{f"{split}/{name}": value for name, value in errors.items()}}
 
 
 # ---- the evaluation report -------------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def _section_html(page: str, key: str) -> str | None:
 def _html(fragment: str, title: str):
     import wandb
 
-    page = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title></head><body>{fragment}</body></html>'
+    head = f'<head><meta charset="utf-8"><title>{title}</title></head>'
+    page = f"<!DOCTYPE html><html>{head}<body>{fragment}</body></html>"
     return wandb.Html(page, inject=False)
 
 

@@ -115,7 +115,8 @@ def log_evaluation(
 
     ``predictions[split] = (gold labels, predicted labels)``; ``metrics[split]`` is a classification report. With
     ``probs[split]`` (examples x classes) also a reliability diagram, ECE/MCE and the most confident mistakes (with
-    ``texts[split]`` / ``ids[split]`` in the table) per split (:func:`agnews.tracking.evaluation.log_split_diagnostics`).
+    ``texts[split]`` / ``ids[split]`` in the table) per split
+    (:func:`agnews.tracking.evaluation.log_split_diagnostics`).
     """
     import wandb
 
