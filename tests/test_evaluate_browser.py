@@ -74,6 +74,11 @@ def inspect_page(url: str, executable: str, screenshot: Path) -> dict:
                 "() => Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete,"
                 " width: i.naturalWidth, height: i.naturalHeight, src: i.src.slice(0, 22)}))"
             )
+            # Attribution heat-maps are HTML (token spans coloured inline), not images: count the ones drawn in colour.
+            out["heatmap_tokens"] = page.evaluate(
+                "() => Array.from(document.querySelectorAll('span.attr')).filter(e => e.getBoundingClientRect().width"
+                " > 0 && getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)').length"
+            )
             out["text"] = page.inner_text("body")
             out["headings"] = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent.trim())")
             page.screenshot(path=str(screenshot), full_page=True)
@@ -150,9 +155,9 @@ def tiny_report(tiny_run_factory, tmp_path_factory) -> Path:
         sample_size=16,
         seed=0,
         significance={"n_resamples": 200},
-        attribution={"enabled": False, "sample_size": 4, "n_steps": 8, "shap_max_evals": 40, "random_draws": 2,
+        attribution={"sample_size": 4, "n_steps": 8, "max_n_steps": 16, "shap_max_evals": 40, "random_draws": 2,
                      "top_k": 2},
-        attack={"enabled": False},
+        attack={"enabled": False},  # attack_section does not take the settings mapping yet (sections.optional_section)
     )
     return out
 
@@ -164,7 +169,9 @@ def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
     info = inspect_page((tiny_report / "report.html").as_uri(), executable, tmp_path / "report.png")
 
     assert_renders(info, expected_images=html_text.count("<img "))
-    figures = sorted(p.stem for p in (tiny_report / "figures").glob("*.png"))
+    # Every figure file is on the page as an image, except the attribution heat-maps' PNG (report.md's copy: the page
+    # draws them as coloured token spans).
+    figures = sorted(p.stem for p in (tiny_report / "figures").glob("*.png") if p.stem != "attribution_heatmaps")
     assert len(info["images"]) >= len(figures) >= 4, (figures, info["images"])  # confusion, per-class, 2 reliability
 
     # Every section is on the page, under its title.
@@ -190,6 +197,11 @@ def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
         assert name in text
     for mistake in summary["errors"]["most_confident_mistakes"][:3]:
         assert mistake["id"] in text
+    attribution = summary["attribution"]
+    assert not attribution.get("skipped"), attribution
+    assert info["heatmap_tokens"] > 10, "the attribution heat-maps must be drawn"
+    for example in attribution["examples"]:
+        assert example["id"] in text
 
     # A real picture: page-sized, many colours (plots, tables), not almost all white.
     stats = screenshot_stats(tmp_path / "report.png")
