@@ -93,7 +93,8 @@ def test_heatmap_escapes_text_and_colours_by_sign():
     assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;" in out
     assert html.unescape(re.sub(r"<[^>]+>", "", out)) == text  # every character shown once, in order
     assert out.count('class="attr"') == 4
-    assert "rgba(214,38,40,0.85)" in out and "rgba(33,102,191,0.42)" in out  # red for +max, half-opacity blue for -max/2
+    # red at full strength for the largest score, blue at half strength for -max/2
+    assert "rgba(214,38,40,0.85)" in out and "rgba(33,102,191,0.42)" in out
 
 
 def test_bad_method_and_output_are_clear_errors(tiny_run):
@@ -123,14 +124,16 @@ def test_tiny_run_section_shapes_delta_and_faithfulness_numbers(tiny_section):
     # the HTML: one heat-map row per example and method, the table and the delta stated; the Markdown has the figure
     assert s.html.count('<td class="heat">') == 8
     assert "convergence delta" in s.html and "random deletion drop" in s.html
-    assert "figures/attribution_heatmaps.png" in s.markdown and s.figures["attribution_heatmaps"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert "figures/attribution_heatmaps.png" in s.markdown
+    assert s.figures["attribution_heatmaps"][:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_tiny_run_section_is_deterministic(tiny_run, tiny_section):
     again = attribution_section(EvaluationSource.open(tiny_run), sample_size=4, seed=3, top_k=2, **FAST)
 
     def untimed(summary):  # wall-clock seconds differ between runs; every attribution and number must not
-        return {**summary, "methods": {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in summary["methods"].items()}}
+        methods = {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in summary["methods"].items()}
+        return {**summary, "methods": methods}
 
     assert untimed(again.summary) == untimed(tiny_section.summary)
     assert re.sub(r"; [0-9.]+ s<", "<", again.html) == re.sub(r"; [0-9.]+ s<", "<", tiny_section.html)
@@ -147,7 +150,7 @@ def test_the_reports_settings_call_and_a_single_method(tiny_run):
         attribution_section(tiny_run, {"n_step": 4}, 0)
 
 
-# ---- not a transformer: Captum is skipped with its reason, SHAP still explains the Predictor --------------------------
+# ---- not a transformer: Captum is skipped with its reason, SHAP still explains the Predictor -----------------------
 def test_tfidf_baseline_skips_captum_with_a_reason_and_shap_runs_on_words(tmp_path):
     from tests.test_baseline import SMALL, run_baseline, synthetic_folder
 
@@ -183,8 +186,8 @@ def test_real_minilm_captum_is_complete_within_the_reported_delta(real_minilm_ru
                                 return_special_tokens_mask=True)
 
     with torch.no_grad():
-        targets = [int(loaded.model(**{k: v for k, v in encode(t).items() if k != "special_tokens_mask"}).logits.argmax())
-                   for t in texts]
+        inputs = [{k: v for k, v in encode(t).items() if k != "special_tokens_mask"} for t in texts]
+        targets = [int(loaded.model(**x).logits.argmax()) for x in inputs]
     results = captum_attributions(loaded.model, loaded.tokenizer, texts, targets, loaded.max_length, n_steps=32,
                                   max_n_steps=128, delta_tolerance=0.05)
     for attr, text, target in zip(results, texts, targets):

@@ -29,7 +29,6 @@ What the section computes (``attribution_section``):
 from __future__ import annotations
 
 import html
-import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -38,14 +37,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 KEY = "attribution"
-TITLE = "Interpretability: token attributions"
+TITLE = "Attributions (Captum, SHAP)"
 METHODS = ("captum", "shap")
 CAPTUM_OUTPUTS = ("log_prob", "logit", "prob")
 DEFAULT_TOP_K = 0.2  # 20 % of an example's scored tokens (an int: that many tokens)
-_WORD = re.compile(r"\S+")
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -109,11 +105,7 @@ def sample_examples(predictions, texts: dict, sample_size: int, seed: int) -> li
     ]
 
 
-# ---- tokens as character spans ----------------------------------------------------------------------------------------
-def word_spans(text: str) -> list[tuple[int, int]]:
-    return [(m.start(), m.end()) for m in _WORD.finditer(text)]
-
-
+# ---- tokens as character spans -------------------------------------------------------------------------------------
 def encode_with_spans(tokenizer, text: str, max_length: int | None):
     """(input_ids, special mask, spans) of ``text`` as the model sees it (truncated to ``max_length``)."""
     enc = tokenizer(
@@ -303,7 +295,7 @@ def shap_attributions(
     return results
 
 
-# ---- faithfulness ------------------------------------------------------------------------------------------------------
+# ---- faithfulness --------------------------------------------------------------------------------------------------
 def _is_fraction(top_k) -> bool:
     return isinstance(top_k, float) and 0 < top_k < 1
 
@@ -335,10 +327,10 @@ def deletion_texts(
     scores = attribution.scores[candidates]
     order = np.lexsort((np.arange(len(candidates)), -scores))
     top = [attribution.spans[candidates[j]] for j in order[:k]]
-    randoms = [
-        delete_spans(attribution.text, [attribution.spans[candidates[j]] for j in rng.choice(len(candidates), k, replace=False)])
-        for _ in range(random_draws)
-    ]
+    randoms = []
+    for _ in range(random_draws):
+        drawn = rng.choice(len(candidates), k, replace=False)
+        randoms.append(delete_spans(attribution.text, [attribution.spans[candidates[j]] for j in drawn]))
     return k, delete_spans(attribution.text, top), randoms
 
 
@@ -418,7 +410,9 @@ def heatmap_html(attribution: TokenAttribution) -> str:
     return "".join(out)
 
 
-def heatmap_figure(examples: Sequence[Example], label_names: Sequence[str], methods: Sequence[str], max_chars: int = 400) -> bytes:
+def heatmap_figure(
+    examples: Sequence[Example], label_names: Sequence[str], methods: Sequence[str], max_chars: int = 400
+) -> bytes:
     """PNG: for each example and method, its tokens laid out in lines with a background coloured by attribution."""
     from agnews.evaluation import plots
 
@@ -443,7 +437,7 @@ def heatmap_figure(examples: Sequence[Example], label_names: Sequence[str], meth
                 placed.append(("token", "…", x, y, None))
                 break
             token = attribution.text[a:b]
-            if a > previous_end:
+            if a > previous_end and previous_end >= 0:
                 x += 5  # a space before a new word; word pieces stay together
             previous_end = b
             probe = fig.text(0, 0, token, fontsize=9, family="monospace")
@@ -566,12 +560,16 @@ def attribution_section(
                 "steps_used": [int(a.n_steps) for a in attributions],
             }
         else:
-            attributions = shap_attributions(predictor, texts, targets, tokenizer, shap_max_evals, shap_batch_size, seed)
+            attributions = shap_attributions(
+                predictor, texts, targets, tokenizer, shap_max_evals, shap_batch_size, seed
+            )
             stats = {"max_evals": shap_max_evals, "algorithm": "partition",
                      "tokenizer": "run's fast tokenizer" if tokenizer is not None else "shap's word tokenizer"}
         for example, attribution in zip(examples, attributions):
             example.attributions[method] = attribution
-        stats["faithfulness"] = faithfulness(predictor, examples, method, top_k, random_draws, seed, tokenizer, max_length)
+        stats["faithfulness"] = faithfulness(
+            predictor, examples, method, top_k, random_draws, seed, tokenizer, max_length
+        )
         stats["seconds"] = round(time.perf_counter() - started, 2)
         results[method] = {"skipped": False, **stats}
 
@@ -635,7 +633,8 @@ def _rows(results: dict, methods: Sequence[str]) -> list[list]:
             rows.append([m, "skipped", "", "", "", ""])
             continue
         f = r["faithfulness"]
-        rows.append([m, f["num_examples"], round(f["mean_k"], 2), f["mean_drop"], f["mean_random_drop"], f["beats_random_rate"]])
+        rows.append([m, f["num_examples"], round(f["mean_k"], 2), f["mean_drop"], f["mean_random_drop"],
+                     f["beats_random_rate"]])
     return rows
 
 
