@@ -79,12 +79,17 @@ def test_every_notebook_is_tested_and_committed_with_outputs():
 def test_quickstart_notebook(kernel_env, tiny_run_factory, monkeypatch):
     run = tiny_run_factory("minilm")
     monkeypatch.setenv("AGNEWS_NB_RUN", str(run))
+    # attributions of 2 examples on small Captum / SHAP budgets: the cell runs, in seconds
+    monkeypatch.setenv("AGNEWS_NB_ATTRIBUTION_SAMPLE", "2")
+    monkeypatch.setenv("AGNEWS_NB_EVALUATE_ARGS", "++attribution.n_steps=4 ++attribution.max_n_steps=8 "
+                       "++attribution.shap_max_evals=20 ++attribution.random_draws=1")
     out = execute("01_quickstart.ipynb")
     metrics = json.loads((run / "metrics.json").read_text())
     assert "mistakes among 32 test examples" in out
     assert f"test accuracy {metrics['test']['accuracy']:.4f}, ECE" in out
     report = kernel_env / "work" / "quickstart_report"
     assert (report / "report.html").is_file() and (report / "figures" / "reliability_after.png").is_file()
+    assert "top-k deletion drop" in out and (report / "figures" / "attribution_heatmaps.png").is_file()
 
 
 def test_strategy_comparison_notebook(kernel_env):
