@@ -157,7 +157,7 @@ def tiny_report(tiny_run_factory, tmp_path_factory) -> Path:
         significance={"n_resamples": 200},
         attribution={"sample_size": 4, "n_steps": 8, "max_n_steps": 16, "shap_max_evals": 40, "random_draws": 2,
                      "top_k": 2},
-        attack={"enabled": False},  # attack_section does not take the settings mapping yet (sections.optional_section)
+        attack={"max_queries": 200},
     )
     return out
 
@@ -176,7 +176,7 @@ def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
 
     # Every section is on the page, under its title.
     sections = [key for key in summary if key != "meta"]
-    assert {"metrics", "calibration", "errors", "robustness"} <= set(sections)
+    assert {"metrics", "calibration", "errors", "robustness", "attack", "attribution"} <= set(sections)
     for key in sections:
         assert f'<section id="{key}">' in html_text
     assert len(info["headings"]) == len(sections) + 1  # + the table of contents
@@ -197,6 +197,12 @@ def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
         assert name in text
     for mistake in summary["errors"]["most_confident_mistakes"][:3]:
         assert mistake["id"] in text
+    from agnews.evaluation.report import fmt
+
+    attack = summary["attack"]
+    assert attack.get("skipped") is not True and attack["attacked"] > 0, attack  # "skipped" also counts examples
+    for name in ("clean_accuracy", "attack_success_rate", "accuracy_under_attack"):
+        assert fmt(attack[name]) in text, f"attack {name} = {fmt(attack[name])} is not on the rendered page"
     attribution = summary["attribution"]
     assert not attribution.get("skipped"), attribution
     assert info["heatmap_tokens"] > 10, "the attribution heat-maps must be drawn"
