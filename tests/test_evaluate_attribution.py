@@ -98,7 +98,9 @@ def test_heatmap_escapes_text_and_colours_by_sign():
 
 
 def test_bad_method_and_output_are_clear_errors(tiny_run):
-    with pytest.raises(ValueError, match="methods"):
+    from agnews.evaluation import EvaluationError
+
+    with pytest.raises(EvaluationError, match="methods"):  # the report command prints it as one line
         attribution_section(tiny_run, methods=("lime",))
     with pytest.raises(ValueError, match="captum_output"):
         attribution_section(tiny_run, captum_output="entropy")

@@ -37,11 +37,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from agnews.evaluation import EvaluationError
+
 KEY = "attribution"
 TITLE = "Attributions (Captum, SHAP)"
 METHODS = ("captum", "shap")
 CAPTUM_OUTPUTS = ("log_prob", "logit", "prob")
 DEFAULT_TOP_K = 0.2  # 20 % of an example's scored tokens (an int: that many tokens)
+
+
+class AttributionError(EvaluationError, ValueError):
+    """A bad attribution setting (sample size, top_k, methods, steps, an unknown config key): one clear line from the
+    report command, a ValueError to Python callers."""
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -84,7 +91,7 @@ class Example:
 def sample_examples(predictions, texts: dict, sample_size: int, seed: int) -> list[Example]:
     """``sample_size`` examples, half correct and half wrong when possible, drawn with ``seed``; in split order."""
     if sample_size < 1:
-        raise ValueError(f"sample_size must be >= 1, got {sample_size}")
+        raise AttributionError(f"sample_size must be >= 1, got {sample_size}")
     preds = predictions.preds
     labels = predictions.labels
     correct = np.flatnonzero(preds == labels)
@@ -98,7 +105,9 @@ def sample_examples(predictions, texts: dict, sample_size: int, seed: int) -> li
     rows = np.sort(rows.astype(np.int64))
     missing = [predictions.ids[r] for r in rows if predictions.ids[r] not in texts]
     if missing:
-        raise ValueError(f"{len(missing)} sampled ids have no text (e.g. {missing[:3]}): predictions and data disagree")
+        raise AttributionError(
+            f"{len(missing)} sampled ids have no text (e.g. {missing[:3]}): the predictions and the data disagree"
+        )
     return [
         Example(predictions.ids[r], texts[predictions.ids[r]], int(labels[r]), int(preds[r]))
         for r in rows
@@ -166,13 +175,13 @@ def captum_attributions(
     from captum.attr import LayerIntegratedGradients
 
     if output not in CAPTUM_OUTPUTS:
-        raise ValueError(f"captum output must be one of {CAPTUM_OUTPUTS}, got {output!r}")
+        raise AttributionError(f"captum output must be one of {CAPTUM_OUTPUTS}, got {output!r}")
     if n_steps < 2:
-        raise ValueError(f"n_steps must be >= 2, got {n_steps}")
+        raise AttributionError(f"n_steps must be >= 2, got {n_steps}")
     if max_n_steps is not None and max_n_steps < n_steps:
-        raise ValueError(f"max_n_steps ({max_n_steps}) must be >= n_steps ({n_steps})")
+        raise AttributionError(f"max_n_steps ({max_n_steps}) must be >= n_steps ({n_steps})")
     if len(texts) != len(targets):
-        raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
+        raise AttributionError(f"{len(texts)} texts but {len(targets)} targets")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.eval()
 
@@ -268,9 +277,9 @@ def shap_attributions(
     same inputs and ``max_evals`` give the same values."""
     shap = import_shap()
     if max_evals < 3:
-        raise ValueError(f"shap max_evals must be >= 3, got {max_evals}")
+        raise AttributionError(f"shap max_evals must be >= 3, got {max_evals}")
     if len(texts) != len(targets):
-        raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
+        raise AttributionError(f"{len(texts)} texts but {len(targets)} targets")
     masker = shap.maskers.Text(tokenizer)
     # Masked tokens become the masker's mask token ("[MASK]" for a BERT tokenizer, "..." otherwise); a text with
     # every token masked would be empty, which the Predictor refuses: the mask token stands in for it.
@@ -313,7 +322,7 @@ def check_top_k(top_k) -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or not (
         _is_fraction(top_k) or (float(top_k).is_integer() and top_k >= 1)
     ):
-        raise ValueError(f"top_k must be a token count (an integer >= 1) or a fraction in (0, 1), got {top_k!r}")
+        raise AttributionError(f"top_k must be a token count (an integer >= 1) or a fraction in (0, 1), got {top_k!r}")
 
 
 def deletion_texts(
@@ -349,7 +358,7 @@ def faithfulness(
     Predictor; positive = the probability fell."""
     check_top_k(top_k)
     if random_draws < 1:
-        raise ValueError(f"random_draws must be >= 1, got {random_draws}")
+        raise AttributionError(f"random_draws must be >= 1, got {random_draws}")
     rng = np.random.default_rng([seed, METHODS.index(method) if method in METHODS else 99])
     batch: list[str] = []
     plan = []  # (example index, k, slice of its texts in batch)
@@ -508,12 +517,12 @@ def attribution_section(
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}")
+        raise AttributionError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}")
     check_top_k(top_k)
     if "captum" in methods and (n_steps < 2 or (max_n_steps is not None and max_n_steps < n_steps)):
-        raise ValueError(f"n_steps must be >= 2 and max_n_steps >= n_steps, got {n_steps} and {max_n_steps}")
+        raise AttributionError(f"n_steps must be >= 2 and max_n_steps >= n_steps, got {n_steps} and {max_n_steps}")
     if captum_output not in CAPTUM_OUTPUTS:
-        raise ValueError(f"captum_output must be one of {CAPTUM_OUTPUTS}, got {captum_output!r}")
+        raise AttributionError(f"captum_output must be one of {CAPTUM_OUTPUTS}, got {captum_output!r}")
     if isinstance(source, (str, Path)):
         from agnews.evaluation.source import EvaluationSource
 
@@ -539,8 +548,9 @@ def attribution_section(
         started = time.perf_counter()
         if method == "captum":
             if model_dir is None:
+                kind = getattr(source, "kind", "source")
                 results[method] = {"skipped": True, "reason": (
-                    f"Captum needs the run's transformers model (model/ with config.json); this {source.kind} has none "
+                    f"Captum needs the run's transformers model (model/ with config.json); this {kind} has none "
                     "(an ensemble bundle or a classical TF-IDF model)")}
                 continue
             loaded = _load_hf(model_dir)
@@ -607,7 +617,7 @@ def settings_kwargs(settings: Mapping) -> dict:
     kwargs = {str(k): v for k, v in settings.items() if str(k) != "enabled"}
     unknown = sorted(set(kwargs) - set(known))
     if unknown:
-        raise ValueError(f"attribution.{unknown[0]} is not an option of the attribution section (known: {known})")
+        raise AttributionError(f"attribution.{unknown[0]} is not an option of the attribution section (known: {known})")
     if "methods" in kwargs:
         kwargs["methods"] = tuple(kwargs["methods"])
     return kwargs
