@@ -171,6 +171,7 @@ def test_section_on_tiny_run(tiny_source):
         ({"max_queries": 2.5}, "max_queries must be an integer >= 1"),
         ({"max_words_fraction": 0}, r"max_words_fraction must be in \(0, 1\]"),
         ({"max_words_fraction": 1.5}, r"max_words_fraction must be in \(0, 1\]"),
+        ({"show_examples": -1}, "show_examples must be an integer >= 0"),
     ],
 )
 def test_bad_settings_are_clear_errors(tiny_source, kwargs, message):

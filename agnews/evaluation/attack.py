@@ -327,7 +327,7 @@ def _highlight(text: str, edits: Sequence[Edit], mark: str) -> str:
     return "".join(out)
 
 
-def example_rows(results: Sequence[AttackResult], label_names: Sequence[str], limit: int) -> list[AttackResult]:
+def example_rows(results: Sequence[AttackResult], limit: int) -> list[AttackResult]:
     """Up to ``limit`` successful attacks: the fewest edited words first, then the shortest texts (readable ones)."""
     done = [r for r in results if r.status == "succeeded"]
     return sorted(done, key=lambda r: (r.words_perturbed, len(r.text)))[:limit]
@@ -389,6 +389,8 @@ def attack_section(
     if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) or sample_size < 1:
         raise ValueError(f"attack sample_size must be an integer >= 1, got {sample_size!r}")
     check_budgets(max_queries, max_words_fraction)
+    if isinstance(show_examples, bool) or not isinstance(show_examples, int) or show_examples < 0:
+        raise ValueError(f"attack show_examples must be an integer >= 0, got {show_examples!r}")
     if isinstance(source, (str, Path)):
         from agnews.evaluation.source import EvaluationSource
 
@@ -408,7 +410,7 @@ def attack_section(
         "max_words_fraction": float(max_words_fraction), "algorithm": ALGORITHM, "edits": list(EDITS),
         "seconds": round(seconds, 2),
     })
-    shown = example_rows(results, label_names, show_examples)
+    shown = example_rows(results, show_examples)
     row_of = {id(r): k for k, r in enumerate(results)}
     summary["examples"] = [
         {"id": data.ids[row_of[id(r)]], "label": label_names[r.label], "perturbed_pred": label_names[r.perturbed_pred],
