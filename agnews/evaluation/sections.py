@@ -19,8 +19,9 @@ from agnews.evaluation.report import Section, html_table, md_image, md_table, sk
 
 log = logging.getLogger("agnews.evaluate")
 
-# Optional sections built by their own modules (agnews.evaluation.<key>), each exposing ``<key>_section(source,
-# settings: dict, seed: int) -> Section``. A missing module or library skips the section with the reason.
+# Optional sections built by their own modules (agnews.evaluation.<key>), each exposing ``<key>_section(source, *,
+# seed, **options) -> Section`` (options: the config block's keys, ``enabled`` left out). A missing module or library
+# skips the section with the reason.
 OPTIONAL_SECTIONS = {"attribution": "Attributions (Captum, SHAP)", "attack": "Adversarial robustness"}
 
 
@@ -104,8 +105,15 @@ def optional_section(key: str, source, settings: dict, seed: int, module_name: s
                                            "report extra: pip install -e '.[report]'")
     except AttributeError:
         return skipped_section(key, title, f"{module_name} has no {key}_section()")
+    import inspect
+
+    kwargs = {str(k): v for k, v in settings.items() if str(k) != "enabled"}
+    known = [n for n in inspect.signature(build).parameters if n not in ("source", "seed")]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise EvaluationError(f"{key}.{unknown[0]} is not an option of the {key} section (known: {known})")
     try:
-        return build(source, settings, seed)
+        return build(source, seed=seed, **kwargs)
     except ImportError as exc:  # a library the section needs (captum, shap, textattack) is missing
         return skipped_section(key, title, f"a library it needs is not installed ({exc}); install the report "
                                            "extra: pip install -e '.[report]'")

@@ -53,11 +53,10 @@ def main() -> int:
     if not args.skip_report:
         if args.wait and not wait_for(quickstart, deadline):
             raise SystemExit(f"{quickstart}: no run.json before the deadline")
-        out = HERE / "reports" / "quickstart"
-        cli = ["-m", "agnews.evaluate", f"run={quickstart}", f"output_dir={out}",
-               f"attribution.sample_size={args.attribution_sample}", f"hydra.run.dir={out / 'hydra'}"]
-        child = common.run_python(cli, env=common.offline_env(), log=HERE / "reports" / "quickstart.log",
-                                  deadline=deadline)
+        out = quickstart / "evaluation"  # the default place; inside the git-ignored runs/ folder
+        cli = ["-m", "agnews.evaluate", f"run={quickstart}",
+               f"attribution.sample_size={args.attribution_sample}", f"hydra.run.dir={quickstart / 'evaluate_hydra'}"]
+        child = common.run_python(cli, env=common.offline_env(), log=quickstart / "evaluate.log", deadline=deadline)
         if not child.ok:
             raise SystemExit(f"agnews.evaluate failed (rc {child.rc}):\n{child.tail()}")
         evaluation = json.loads((out / "evaluation.json").read_text())
