@@ -119,6 +119,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def pending_resume_epoch(self) -> int | None:
+        """The epoch a restored position (:meth:`load_state_dict`) continues in, until an iteration has applied it."""
+        if self._resume is None:
+            return None
+        epoch, done = self._resume
+        return epoch + 1 if done == len(self) else epoch
+
     def _order_state(self) -> dict:
         return {
             "dataset_size": len(self.lengths),

@@ -44,6 +44,18 @@ class TrainDataLoader(DataLoader):
         if self.datamodule is not None:
             self.datamodule.load_state_dict(state)
 
+    def __iter__(self):
+        # Lightning sets the sampler's epoch from its count of processed epochs, which after resuming an
+        # iteration-based run (max_steps) from an end-of-epoch checkpoint is one ahead of trainer.current_epoch, the
+        # epoch the run is in (and that seeds its dropout). Set it here, before workers draw any batch: a restored
+        # position not yet applied names its own epoch (Lightning iterates before its epoch counters settle).
+        trainer = getattr(self.datamodule, "trainer", None) if self.datamodule is not None else None
+        sampler = self.batch_sampler
+        if trainer is not None and trainer.training and isinstance(sampler, LengthGroupedBatchSampler):
+            pending = sampler.pending_resume_epoch
+            sampler.set_epoch(pending if pending is not None else trainer.current_epoch)
+        return super().__iter__()
+
 
 class AGNewsDataModule(L.LightningDataModule):
     def __init__(
