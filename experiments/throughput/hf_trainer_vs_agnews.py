@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-eval", action="store_true", help="skip scoring (profiling runs)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to results.json/RESULTS.md")
+    parser.add_argument("--note", action="append", default=[], help="a line recorded with the results (conditions)")
     parser.add_argument("--profile", action="store_true", help="cProfile each timed training call; print the top 15 by own time")
     parser.add_argument("--agnews-override", action="append", default=[], help="extra Hydra override for agnews arms")
     args = parser.parse_args(argv)
@@ -278,6 +279,7 @@ def report(results: dict, comparisons: list[dict], args) -> str:
         lines.append(f"- {c['precision']}: {c['agnews']} / {c['best_hf']} (fastest HF arm) = "
                      f"**{c['samples_per_s_ratio']:.2f}×** samples/s, accuracy {diff}; target ≥ {TARGET}× at ±"
                      f"{ACCURACY_TOLERANCE_PT} pt: {verdict}.")
+    lines += [f"- Note: {note}" for note in args.note]
     return "\n".join(lines)
 
 
