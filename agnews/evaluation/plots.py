@@ -44,7 +44,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str]
     plt = _pyplot()
     m = np.asarray(matrix, dtype=np.int64)
     n = len(label_names)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 1.8))
+    fig, ax = plt.subplots(figsize=(0.9 * n + 2.2, 0.8 * n + 1.6))
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(n), labels=list(label_names), rotation=30, ha="right")
     ax.set_yticks(range(n), labels=list(label_names))

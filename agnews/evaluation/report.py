@@ -156,7 +156,11 @@ def write_report(sections: Sequence[Section], out_dir: str | Path, title: str, m
     esc = html.escape
     toc = "".join(f'<li><a href="#{esc(s.key)}">{esc(s.title)}</a></li>' for s in sections)
     body = "".join(f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>\n{s.html}\n</section>\n' for s in sections)
-    meta_html = html_table(["", ""], meta_rows, cls="meta") if meta_rows else ""
+    meta_html = (
+        '<table class="meta"><tbody>'
+        + "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(fmt(v))}</td></tr>" for k, v in meta_rows)
+        + "</tbody></table>"
+    ) if meta_rows else ""
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

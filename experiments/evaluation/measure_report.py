@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     deadline = common.deadline_at(args.deadline)
     payload: dict = {"note": args.note}
-    lines: list[str] = []
+    lines: list[str] = ["**Evaluation report: time, calibration, significance** (measure_report.py)", ""]
 
     quickstart = Path(args.quickstart)
     if not args.skip_report:
@@ -66,7 +66,7 @@ def main() -> int:
             **child.record(), "load_avg_1min": child.load_avg_1min,
             "section_seconds": evaluation["meta"]["section_seconds"],
             "test_examples": evaluation["metrics"]["num_examples"], "accuracy": evaluation["metrics"]["accuracy"],
-            "skipped": {k: v.get("reason") for k, v in evaluation.items() if isinstance(v, dict) and v.get("skipped")},
+            "skipped": {k: v.get("reason") for k, v in evaluation.items() if isinstance(v, dict) and v.get("skipped") is True},
         }
         payload["calibration"] = {"temperature": cal["temperature"], "before": cal["before"], "after": cal["after"],
                                   "num_val": cal["num_val"], "num_test": cal["num_test"]}
