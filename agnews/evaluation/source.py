@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agnews.errors import AGNewsError, DataError
 from agnews.evaluation import EvaluationError
-from agnews.runs import BUNDLE_DIR, BUNDLE_MANIFEST_FILE, MODEL_INFO_FILE, ONNX_MODEL_FILE, Predictions, RunDir
+from agnews.runs import BUNDLE_DIR, BUNDLE_MANIFEST_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, Predictions, RunDir
 from agnews.runs import RunFormatError, load_run, looks_like_run
 
 
@@ -46,12 +46,12 @@ class EvaluationSource:
         p = Path(str(path)).expanduser()
         if not p.exists():
             raise RunFormatError(f"{p}: no such run directory or bundle")
-        if (p / BUNDLE_MANIFEST_FILE).is_file() and not (p / "run.json").is_file():
+        if (p / BUNDLE_MANIFEST_FILE).is_file() and not (p / MANIFEST_FILE).is_file():
             from agnews.runs.bundle import read_bundle
 
             read_bundle(p)  # verified before anything trusts it
             parent = p.parent
-            if p.name == BUNDLE_DIR and (parent / "run.json").is_file():
+            if p.name == BUNDLE_DIR and (parent / MANIFEST_FILE).is_file():
                 run = load_run(parent)  # the ensemble run that built this bundle holds its predictions
                 return cls(p.resolve(), run, p.resolve(), data_dir)
             return cls(p.resolve(), None, p.resolve(), data_dir)

@@ -22,11 +22,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import common  # noqa: E402
 
+from agnews.runs import MANIFEST_FILE  # noqa: E402
+
 RUNS = HERE / "runs"
 
 
 def wait_for(run: Path, deadline: float | None) -> bool:
-    while not (run / "run.json").is_file():
+    while not (run / MANIFEST_FILE).is_file():
         if deadline is not None and time.time() > deadline:
             return False
         time.sleep(20)
@@ -52,7 +54,7 @@ def main() -> int:
     quickstart = Path(args.quickstart)
     if not args.skip_report:
         if args.wait and not wait_for(quickstart, deadline):
-            raise SystemExit(f"{quickstart}: no run.json before the deadline")
+            raise SystemExit(f"{quickstart}: no {MANIFEST_FILE} before the deadline")
         out = quickstart / "evaluation"  # the default place; inside the git-ignored runs/ folder
         cli = ["-m", "agnews.evaluate", f"run={quickstart}",
                f"attribution.sample_size={args.attribution_sample}", f"hydra.run.dir={quickstart / 'evaluate_hydra'}"]
@@ -82,7 +84,7 @@ def main() -> int:
         ]
 
     standard, freelb = Path(args.standard), Path(args.freelb)
-    ready = all((r / "run.json").is_file() for r in (standard, freelb)) or (
+    ready = all((r / MANIFEST_FILE).is_file() for r in (standard, freelb)) or (
         args.wait and wait_for(standard, deadline) and wait_for(freelb, deadline))
     if ready:
         from agnews.evaluation.source import EvaluationSource
@@ -103,7 +105,7 @@ def main() -> int:
         ]
     else:
         payload["significance"] = {"missing": [common.rel(r) for r in (standard, freelb)
-                                               if not (r / "run.json").is_file()]}
+                                               if not (r / MANIFEST_FILE).is_file()]}
         lines.append(f"Significance: not measured, runs missing: {payload['significance']['missing']}")
     if args.note:
         lines += ["", args.note]
