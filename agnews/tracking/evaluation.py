@@ -200,7 +200,9 @@ def run_group(path: str | Path) -> str:
     try:
         from omegaconf import OmegaConf
 
-        config = OmegaConf.load(path / "config.yaml") if (path / "config.yaml").is_file() else None
+        from agnews.runs import CONFIG_FILE
+
+        config = OmegaConf.load(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
         group = OmegaConf.select(config, "logger.wandb.group") if config is not None else None
         if group:
             return str(group)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+from agnews.runs import MANIFEST_FILE  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("standard", "fgm", "pgd", "freelb")
@@ -34,7 +35,7 @@ COLUMNS = ("clean_accuracy", "attack_success_rate", "accuracy_under_attack", "qu
 
 
 def wait_for(run_dir: Path, deadline: float | None) -> bool:
-    while not (run_dir / "run.json").is_file():
+    while not (run_dir / MANIFEST_FILE).is_file():
         if deadline is not None and time.time() > deadline:
             return False
         time.sleep(20)
@@ -75,7 +76,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for arm in args.arms:
         run_dir = Path(args.runs) / arm
-        if not (run_dir / "run.json").is_file() and not (args.wait and wait_for(run_dir, deadline)):
+        if not (run_dir / MANIFEST_FILE).is_file() and not (args.wait and wait_for(run_dir, deadline)):
             print(f"{arm}: no finished run at {run_dir}; skipped", flush=True)
             continue
         print(f"{arm}: attacking {args.sample_size} test examples ...", flush=True)
