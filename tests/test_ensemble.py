@@ -424,7 +424,7 @@ def tiny_members(tiny_run_factory):
     # fp32 runs on the same synthetic data and split (data.seed follows seed=42): stored predictions are reproducible.
     # 10 epochs at a high learning rate so that the members' probabilities differ between texts (1 epoch barely moves
     # a tiny random model off 0.25 everywhere, which would make any parity check vacuous).
-    learn = ("trainer.max_epochs=10", "strategy.optimizer.lr=5e-3")
+    learn = ("trainer.max_epochs=10", "strategy.optimizer.lr=2e-2")
     return [tiny_run_factory("minilm", *learn), tiny_run_factory("electra", *learn)]
 
 

@@ -35,7 +35,7 @@ def ensemble(tiny_run_factory, tmp_path_factory) -> Path:
     """An ensemble run (stacking_logreg: a combiner file in the bundle too) of an ONNX-exported tiny MiniLM and a tiny
     ELECTRA served from safetensors. The members are the ones tests/test_ensemble.py trains (same cache key), so a
     session running both trains them once."""
-    learn = ("trainer.max_epochs=10", "strategy.optimizer.lr=5e-3")  # probabilities that differ between texts
+    learn = ("trainer.max_epochs=10", "strategy.optimizer.lr=2e-2")  # probabilities that differ between texts
     minilm, electra = tiny_run_factory("minilm", *learn), tiny_run_factory("electra", *learn)
     root = tmp_path_factory.mktemp("bundle_serving")
     exported = root / "minilm_onnx"
