@@ -97,7 +97,7 @@ def test_unknown_option_of_an_optional_section_is_refused(tiny_run):
 def ensemble_run(tmp_path_factory, tiny_run_factory):
     from tests.test_ensemble import run_ensemble
 
-    learn = ("trainer.max_epochs=10", "strategy.optimizer.lr=5e-3")  # the members tests/test_ensemble.py trains
+    learn = ("trainer.max_epochs=10", "strategy.optimizer.lr=2e-2")  # the members tests/test_ensemble.py trains
     members = [tiny_run_factory("minilm", *learn), tiny_run_factory("electra", *learn)]
     return run_ensemble(tmp_path_factory.mktemp("ens") / "ens", members, "soft_vote")
 
