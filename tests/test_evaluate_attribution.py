@@ -14,8 +14,9 @@ import pytest
 
 # find_spec, not importorskip, for shap: importing shap here would compile its numba kernels (attribution.import_shap
 # imports it with the JIT off, as the report command does).
+# `make test` installs the report extra: a missing library is a set-up failure, not a reason to skip.
 if importlib.util.find_spec("captum") is None or importlib.util.find_spec("shap") is None:
-    pytest.skip("the report extra (pip install -e '.[report]') provides captum and shap", allow_module_level=True)
+    raise ImportError("captum and shap are missing: install the report extra (pip install -e '.[report]', make test)")
 
 from agnews.evaluation.attribution import (  # noqa: E402
     TokenAttribution,
