@@ -293,3 +293,16 @@ def read_test_split(data_dir: str | Path = SHARED_DATA):
     if not path.is_file():
         raise SystemExit(f"{path}: the AG News test split is needed (see {SHARED_DATA}/SOURCE.md)")
     return read_ag_news_csv(path, "test")
+
+
+def wait_for_run(run_dir: Path, deadline: float | None = None, poll_s: float = 20) -> bool:
+    """Wait until ``run_dir`` holds a finished run (its manifest, written last); False at ``deadline`` (epoch s)."""
+    import time
+
+    from agnews.runs import MANIFEST_FILE
+
+    while not (Path(run_dir) / MANIFEST_FILE).is_file():
+        if deadline is not None and time.time() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True

@@ -34,13 +34,6 @@ COLUMNS = ("clean_accuracy", "attack_success_rate", "accuracy_under_attack", "qu
            "queries_mean_succeeded", "words_perturbed_fraction_mean")
 
 
-def wait_for(run_dir: Path, deadline: float | None) -> bool:
-    while not (run_dir / MANIFEST_FILE).is_file():
-        if deadline is not None and time.time() > deadline:
-            return False
-        time.sleep(20)
-    return True
-
 
 def attack_run(run_dir: Path, args) -> dict:
     from agnews.evaluation.attack import attack_section
@@ -76,7 +69,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for arm in args.arms:
         run_dir = Path(args.runs) / arm
-        if not (run_dir / MANIFEST_FILE).is_file() and not (args.wait and wait_for(run_dir, deadline)):
+        if not (run_dir / MANIFEST_FILE).is_file() and not (args.wait and common.wait_for_run(run_dir, deadline)):
             print(f"{arm}: no finished run at {run_dir}; skipped", flush=True)
             continue
         print(f"{arm}: attacking {args.sample_size} test examples ...", flush=True)

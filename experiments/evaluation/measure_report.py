@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,13 +25,6 @@ from agnews.runs import MANIFEST_FILE  # noqa: E402
 
 RUNS = HERE / "runs"
 
-
-def wait_for(run: Path, deadline: float | None) -> bool:
-    while not (run / MANIFEST_FILE).is_file():
-        if deadline is not None and time.time() > deadline:
-            return False
-        time.sleep(20)
-    return True
 
 
 def main() -> int:
@@ -53,7 +45,7 @@ def main() -> int:
 
     quickstart = Path(args.quickstart)
     if not args.skip_report:
-        if args.wait and not wait_for(quickstart, deadline):
+        if args.wait and not common.wait_for_run(quickstart, deadline):
             raise SystemExit(f"{quickstart}: no {MANIFEST_FILE} before the deadline")
         out = quickstart / "evaluation"  # the default place; inside the git-ignored runs/ folder
         cli = ["-m", "agnews.evaluate", f"run={quickstart}",
@@ -85,7 +77,7 @@ def main() -> int:
 
     standard, freelb = Path(args.standard), Path(args.freelb)
     ready = all((r / MANIFEST_FILE).is_file() for r in (standard, freelb)) or (
-        args.wait and wait_for(standard, deadline) and wait_for(freelb, deadline))
+        args.wait and common.wait_for_run(standard, deadline) and common.wait_for_run(freelb, deadline))
     if ready:
         from agnews.evaluation.source import EvaluationSource
         from agnews.evaluation.significance import significance_section
