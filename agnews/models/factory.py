@@ -76,9 +76,10 @@ class ClassifierBundle:
 
 
 def resolve_pretrained(pretrained: str) -> str:
-    """Turn ``pkg:<module>`` into that package's model directory; other values pass through."""
+    """Turn ``pkg:<module>`` into that package's model directory and a run directory (e.g. a domain-adaptive
+    pre-training run of ``python -m agnews.pretrain``) into its ``model/`` folder; other values pass through."""
     if not pretrained.startswith("pkg:"):
-        return pretrained
+        return _run_model_dir(pretrained) or pretrained
     module_name = pretrained[len("pkg:") :]
     try:
         module = importlib.import_module(module_name)
@@ -94,6 +95,23 @@ def resolve_pretrained(pretrained: str) -> str:
             "it does not ship model weights"
         )
     return str(get_model_path())
+
+
+def _run_model_dir(location: str) -> str | None:
+    """``<run>/model`` when ``location`` is a finished run that exported a model (a clear error if it did not)."""
+    from agnews.runs import MODEL_DIR, RunFormatError, load_run, looks_like_run
+
+    path = Path(location).expanduser()
+    if not path.is_dir() or (path / CONFIG_FILE).is_file() or not looks_like_run(path):
+        return None
+    try:
+        run = load_run(path)
+        model_dir = run.path / MODEL_DIR
+        if not (model_dir / CONFIG_FILE).is_file():
+            raise RunFormatError(f"{path}: the run holds no model to start from ({MODEL_DIR}/{CONFIG_FILE} missing)")
+    except RunFormatError as error:
+        raise ModelLoadError(f"model.pretrained={location!r}: {error}") from error
+    return str(model_dir)
 
 
 def _looks_like_path(location: str) -> bool:

@@ -41,3 +41,19 @@ def constant_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> tor
     from transformers import get_constant_schedule
 
     return get_constant_schedule(optimizer)
+
+
+def cosine_with_restarts(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    num_cycles: int = 3,
+    warmup_ratio: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay restarted ``num_cycles`` times (transformers' hard-restarts schedule): the cyclic schedule whose
+    cycle ends are the snapshots of a snapshot ensemble (Huang et al., 2017)."""
+    from transformers import get_cosine_with_hard_restarts_schedule_with_warmup
+
+    if num_cycles < 1:
+        raise ValueError(f"num_cycles must be >= 1, got {num_cycles}")
+    warmup = int(round(warmup_ratio * total_steps))
+    return get_cosine_with_hard_restarts_schedule_with_warmup(optimizer, warmup, total_steps, num_cycles=num_cycles)
