@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from agnews.strategies.optim import DEFAULT_NO_DECAY, parameter_groups
+from agnews.models.layers import num_layers
+
+from agnews.strategies.optim import (
+    DEFAULT_NO_DECAY,
+    apply_layerwise_lr,
+    check_llrd,
+    layerwise_parameter_groups,
+    parameter_groups,
+)
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "global_attention_mask")
 
@@ -29,6 +37,7 @@ class ClassificationModule(L.LightningModule):
         no_decay: Sequence[str] = DEFAULT_NO_DECAY,
         label_smoothing: float = 0.0,
         seed: int = 42,
+        llrd: float | None = None,
     ):
         super().__init__()
         # from_pretrained returns a model in eval mode, and Lightning keeps submodule modes as it finds them:
@@ -41,6 +50,8 @@ class ClassificationModule(L.LightningModule):
         self.no_decay = tuple(no_decay)
         self.label_smoothing = label_smoothing
         self.seed = seed
+        # Layer-wise LR decay factor (null: one LR for every parameter); checked here, applied in configure_optimizers.
+        self.llrd = check_llrd(llrd)
         num_classes = len(self.label_names)
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
@@ -107,7 +118,12 @@ class ClassificationModule(L.LightningModule):
     # ---- optimisation --------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         # Weight decay lives on the parameter groups (with exclusions), not on the optimizer's defaults.
-        optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay, self.no_decay))
+        if self.llrd is None:
+            optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay, self.no_decay))
+        else:
+            # Depths are read now, not in __init__: distillation's student_layers cuts the stack after construction.
+            optimizer = self.optimizer_factory(layerwise_parameter_groups(self.model, self.weight_decay, self.no_decay))
+            apply_layerwise_lr(optimizer, self.llrd, top_depth=num_layers(self.model) + 1)
         if self.scheduler_factory is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)

@@ -405,8 +405,9 @@ class MetaLearningModule(ClassificationModule):
         return episode, support, query
 
     def meta_parameters(self) -> dict[str, torch.Tensor]:
+        # Parameters frozen for now (callbacks=gradual_unfreezing) are neither adapted nor meta-updated.
         named = dict(self.model.named_parameters())
-        return {name: named[name] for name in self.adapt_names}
+        return {name: named[name] for name in self.adapt_names if named[name].requires_grad}
 
     def fast_start(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The inner loop's starting weights: ``params``, with the output layer zeroed when ``head_init=zero``."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
+
+from agnews.errors import ConfigError
 
 # Norm weights and biases are not decayed (standard BERT/RoBERTa recipe): decaying them hurts and buys nothing.
 DEFAULT_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "norm.weight")
@@ -21,6 +24,52 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, no_decay: Iter
         {"params": decay, "weight_decay": weight_decay},
         {"params": skip, "weight_decay": 0.0},
     ]
+
+
+def check_llrd(llrd) -> float | None:
+    """``strategy.llrd``: null (off) or a decay factor in (0, 1]."""
+    if llrd is None:
+        return None
+    if isinstance(llrd, bool) or not isinstance(llrd, (int, float)) or not math.isfinite(llrd) or not 0 < llrd <= 1:
+        raise ConfigError(
+            f"strategy.llrd must be null (off) or a layer-wise LR decay factor in (0, 1] (e.g. 0.9), got {llrd!r}"
+        )
+    return float(llrd)
+
+
+def layerwise_parameter_groups(
+    model: torch.nn.Module, weight_decay: float, no_decay: Iterable[str] = DEFAULT_NO_DECAY
+) -> list[dict]:
+    """:func:`parameter_groups` split by depth (:mod:`agnews.models.layers`): one decay and one no-decay group per
+    depth that has trainable parameters, each tagged with its ``depth`` and a ``name`` (LearningRateMonitor logs
+    ``lr-AdamW/depth03``). The LRs are set by :func:`apply_layerwise_lr` once the optimizer knows its base LR."""
+    from agnews.models.layers import parameter_depths
+
+    no_decay = tuple(no_decay)
+    depths = parameter_depths(model)
+    groups: dict[tuple[int, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = name.endswith(no_decay) or param.ndim < 2
+        groups.setdefault((depths[name], skip), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if skip else weight_decay,
+            "depth": depth,
+            "name": f"depth{depth:02d}" + ("_no_decay" if skip else ""),
+        }
+        for (depth, skip), params in sorted(groups.items())
+    ]
+
+
+def apply_layerwise_lr(optimizer: torch.optim.Optimizer, llrd: float, top_depth: int) -> None:
+    """Group at depth d gets ``base_lr * llrd ** (top_depth - d)``: the head (``top_depth``) keeps the optimizer's LR,
+    each block below it one more factor. Called before the scheduler is built, so its ``base_lrs`` are these."""
+    base_lr = optimizer.defaults["lr"]
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * llrd ** (top_depth - group["depth"])
 
 
 def linear_warmup_decay(

@@ -1,0 +1,80 @@
+"""Where a parameter sits in the encoder stack: the depth that layer-wise LR decay and gradual unfreezing work on.
+
+Depth of a parameter, for every supported architecture (BERT/MiniLM, RoBERTa, DeBERTa-v2/v3, ELECTRA, XLNet,
+Longformer), also under a PEFT wrapper (``base_model.model.`` prefixes, LoRA/IA3 adapters inside a block, the
+``modules_to_save`` copies of the head):
+
+* ``0``: the input embeddings: token, position and token-type embeddings and their LayerNorm, ELECTRA's
+  ``embeddings_project``, XLNet's ``word_embedding`` and ``mask_emb``, a prompt/prefix-tuning ``prompt_encoder``, and
+  DeBERTa's relative-position embeddings (``encoder.rel_embeddings`` with the ``encoder.LayerNorm`` that normalises
+  them). DeBERTa's relative positions play the role BERT's absolute position embeddings play (a pretrained, input-level
+  table every block reads), so they get the same depth instead of the head's LR;
+* ``i + 1``: transformer block ``i`` (``encoder.layer.i``; XLNet ``transformer.layer.i``);
+* ``num_layers + 1``: everything above the last block: the pooler (BERT, DeBERTa), the classifier, XLNet's
+  ``sequence_summary`` and ``logits_proj``.
+
+A name matching none of these raises a ConfigError naming it: an unknown layout must not silently get the head's LR
+(or never be frozen).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from agnews.errors import ConfigError
+
+# PeftModel wraps the transformers model as base_model (prompt methods) or base_model.model (LoRA, IA3).
+_PEFT_PREFIX = re.compile(r"^(?:base_model\.)(?:model\.)?")
+_BLOCK = re.compile(r"^\w+\.(?:encoder\.)?layer\.(\d+)\.")
+_EMBEDDINGS = re.compile(
+    r"^(?:\w+\.embeddings\.|\w+\.embeddings_project\.|transformer\.word_embedding\.|transformer\.mask_emb$"
+    r"|prompt_encoder\.|word_embeddings\.|\w+\.encoder\.rel_embeddings\.|\w+\.encoder\.LayerNorm\.)"
+)
+_HEAD = re.compile(r"^(?:classifier|pooler|sequence_summary|logits_proj|\w+\.pooler)\.")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def model_config(model: torch.nn.Module):
+    """The transformers config of ``model`` (a PeftModel forwards to its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None:
+        raise ConfigError(f"{type(model).__name__} has no transformers config: its layer count is unknown")
+    return config
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    """Number of transformer blocks, from the config (``num_hidden_layers``; XLNet ``n_layer``)."""
+    config = model_config(model)
+    for key in LAYER_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    raise ConfigError(f"{type(config).__name__} has no layer count ({' / '.join(LAYER_COUNT_KEYS)})")
+
+
+def parameter_depth(name: str, layers: int) -> int:
+    """Depth of parameter ``name`` (as ``model.named_parameters()`` gives it) in a model with ``layers`` blocks."""
+    bare = _PEFT_PREFIX.sub("", name)
+    block = _BLOCK.match(bare)
+    if block:
+        index = int(block.group(1))
+        if index >= layers:
+            raise ConfigError(f"parameter {name!r} is in block {index}, but the model config declares {layers} blocks")
+        return index + 1
+    if _EMBEDDINGS.match(bare):
+        return 0
+    if _HEAD.match(bare):
+        return layers + 1
+    raise ConfigError(
+        f"parameter {name!r}: unknown layout, it is neither an embedding, a transformer block nor the head "
+        "(agnews/models/layers.py maps the supported architectures)"
+    )
+
+
+def parameter_depths(model: torch.nn.Module) -> dict[str, int]:
+    """``{name: depth}`` for every parameter of ``model`` (trainable or not); depths run 0 .. num_layers(model) + 1."""
+    layers = num_layers(model)
+    return {name: parameter_depth(name, layers) for name, _ in model.named_parameters()}
