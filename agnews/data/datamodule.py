@@ -1,11 +1,15 @@
-"""The Lightning DataModule: load a source, split, tokenize (cached), batch with dynamic padding."""
+"""The Lightning DataModule: load a source, split, tokenize (cached), batch with dynamic padding.
+
+Training recipes hook in here: ``data.pseudo_label`` adds teacher-labelled pool rows to the training split,
+``data/augment=...`` edits training batches (only those), ``data/curriculum=...`` replaces the training batch sampler.
+"""
 
 from __future__ import annotations
 
 import logging
 import numbers
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
@@ -18,6 +22,8 @@ from agnews.data.batching import (
     TokenizedDataset,
 )
 from agnews.data.sources import AG_NEWS_LABELS, HUB_DATASET, Split, load_source
+from agnews.data.augment import AugmentedDataset, EpochTaggedBatchSampler
+from agnews.data.pseudo_label import PseudoLabeler, join_splits
 from agnews.data.splits import make_splits
 from agnews.data.tokenization import tokenize_texts
 from agnews.errors import ConfigError
@@ -51,7 +57,9 @@ class TrainDataLoader(DataLoader):
         # position not yet applied names its own epoch (Lightning iterates before its epoch counters settle).
         trainer = getattr(self.datamodule, "trainer", None) if self.datamodule is not None else None
         sampler = self.batch_sampler
-        if trainer is not None and trainer.training and isinstance(sampler, LengthGroupedBatchSampler):
+        # Duck-typed: the length-grouped sampler, a curriculum sampler (data/curriculum) or either behind the
+        # augmentation's epoch tagging all resume the same way.
+        if trainer is not None and trainer.training and hasattr(sampler, "pending_resume_epoch"):
             pending = sampler.pending_resume_epoch
             sampler.set_epoch(pending if pending is not None else trainer.current_epoch)
         return super().__iter__()
@@ -78,8 +86,30 @@ class AGNewsDataModule(L.LightningDataModule):
         hub_dataset: str = HUB_DATASET,
         hub_revision: str | None = None,
         global_attention_first_token: bool = False,
+        augment=None,
+        pseudo_label: PseudoLabeler | None = None,
+        curriculum=None,
     ):
         super().__init__()
+        augment = None if isinstance(augment, Mapping) and not augment else augment  # an empty group node: off
+        curriculum = None if isinstance(curriculum, Mapping) and not curriculum else curriculum
+        for name, value, choice in (("augment", augment, "eda"), ("curriculum", curriculum, "length")):
+            if isinstance(value, str):
+                # `data.augment=eda` sets a string; the option is a config group, chosen with a slash
+                raise ConfigError(
+                    f"data.{name}={value!r} is a plain string: {name} is a config group, choose it with "
+                    f"data/{name}={value} (e.g. data/{name}={choice}; data/{name}=none turns it off)"
+                )
+            if value is not None and not callable(value):
+                raise ConfigError(
+                    f"data.{name} must come from its config group (data/{name}=...), got {type(value).__name__} "
+                    f"{value!r}"
+                )
+        if pseudo_label is not None and not isinstance(pseudo_label, PseudoLabeler):
+            raise ConfigError(
+                f"data.pseudo_label must be built by Hydra from conf/data/ag_news.yaml (a PseudoLabeler), got "
+                f"{type(pseudo_label).__name__} {pseudo_label!r}"
+            )
         for name, value, minimum in (
             ("max_length", max_length, 1),
             ("batch_size", batch_size, 1),
@@ -107,6 +137,13 @@ class AGNewsDataModule(L.LightningDataModule):
         self.seed = seed
         self.hub_dataset = hub_dataset
         self.hub_revision = hub_revision
+        self.augment = augment
+        self.pseudo_label = pseudo_label
+        self.curriculum = curriculum
+        if augment is not None and hasattr(augment, "bind"):
+            augment.bind(tokenizer)
+        # What the recipes did to the data (pseudo-labelling counts, the curriculum), for the run manifest.
+        self.report: dict = {}
         if tokenizer.pad_token_id is None:
             raise ConfigError(
                 f"the tokenizer ({type(tokenizer).__name__}) has no pad token; set one before building the data module"
@@ -120,7 +157,7 @@ class AGNewsDataModule(L.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
         self.bad_rows: dict[str, list[dict]] = {}
-        self._train_sampler: LengthGroupedBatchSampler | None = None
+        self._train_sampler = None  # LengthGroupedBatchSampler or a curriculum sampler (same interface)
         self._train_position: dict | None = None  # restored from a checkpoint, for the next train loader
 
     def setup(self, stage: str | None = None) -> None:
@@ -128,7 +165,12 @@ class AGNewsDataModule(L.LightningDataModule):
             return  # idempotent: fit, validate, test and predict share one load
         raw = load_source(self.source, self.data_dir, self.label_names, self.on_bad_rows, self.hub_dataset, self.hub_revision)
         self.bad_rows = {name: split.bad_rows for name, split in raw.items() if split.bad_rows}
-        self.splits = make_splits(raw["train"], raw["test"], self.val_size, self.train_size, self.seed)
+        self.splits = make_splits(raw["train"], raw["test"], self.val_size, self.train_size, self.seed, with_rest=True)
+        pool = self.splits.pop("rest")
+        if self.pseudo_label is not None and self.pseudo_label.enabled:
+            pseudo, report = self.pseudo_label(pool, self.label_names, self.seed)
+            self.report["pseudo_label"] = report
+            self.splits["train"] = join_splits(self.splits["train"], pseudo, "train")
         cache = Path(self.cache_dir) if self.cache_dir else None
         for name, split in self.splits.items():
             tokenized = tokenize_texts(self.tokenizer, split.texts, self.max_length, cache)
@@ -138,14 +180,25 @@ class AGNewsDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
         trainer = getattr(self, "trainer", None)
-        sampler = LengthGroupedBatchSampler(
-            dataset.lengths,
-            self.batch_size,
-            seed=self.seed,
-            group_by_length=self.group_by_length,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-        )
+        num_replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        if self.curriculum is not None:
+            # data/curriculum=...: a partial from Hydra; its sampler has the length-grouped sampler's interface
+            sampler = self.curriculum(
+                split=self.splits["train"], lengths=dataset.lengths, batch_size=self.batch_size, seed=self.seed,
+                num_replicas=num_replicas, rank=rank,
+            )
+            if callable(getattr(sampler, "describe", None)):
+                self.report["curriculum"] = sampler.describe()
+        else:
+            sampler = LengthGroupedBatchSampler(
+                dataset.lengths,
+                self.batch_size,
+                seed=self.seed,
+                group_by_length=self.group_by_length,
+                num_replicas=num_replicas,
+                rank=rank,
+            )
         if trainer is not None:
             # Start at the epoch Lightning is about to run (the restored one when resuming). Lightning calls set_epoch
             # too, but only after it has created the first iterator, which worker processes start prefetching from.
@@ -155,7 +208,14 @@ class AGNewsDataModule(L.LightningDataModule):
             # Lightning restores the data module before it builds the loader (except for strategies that restore after
             # setup, e.g. FSDP): apply the checkpoint's position before any batch is drawn.
             self._apply_train_position()
-        loader = self._loader(dataset, sampler, TrainDataLoader)
+        if self.augment is not None:
+            # Edits need the epoch in the (possibly worker-held) dataset: batches carry it with every index.
+            dataset = AugmentedDataset(
+                dataset, self.splits["train"].texts, self.augment, self.tokenizer, self.max_length, self.seed
+            )
+            loader = self._loader(dataset, EpochTaggedBatchSampler(sampler), TrainDataLoader)
+        else:
+            loader = self._loader(dataset, sampler, TrainDataLoader)
         loader.datamodule = self
         return loader
 

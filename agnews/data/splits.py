@@ -64,14 +64,23 @@ def make_splits(
     val_size: int | float,
     train_size: int | float | None,
     seed: int,
+    with_rest: bool = False,
 ) -> dict[str, Split]:
-    """Carve a stratified validation split from train, then optionally a stratified training subset of the rest."""
+    """Carve a stratified validation split from train, then optionally a stratified training subset of the rest.
+
+    ``with_rest=True`` adds ``"rest"``: the training rows neither in ``train`` nor in ``val`` (what ``train_size``
+    leaves over; empty when it is null), the unlabelled pool of pseudo-labelling.
+    """
     val, remaining = stratified_take(train, val_size, seed, "data.val_size")
     if remaining is None:
         raise ConfigError(
             f"data.val_size={val_size} takes every one of the {len(train)} training rows; nothing is left to train on"
         )
     val.name = "val"
-    fit, _ = stratified_take(remaining, train_size, seed, "data.train_size")
+    fit, rest = stratified_take(remaining, train_size, seed, "data.train_size")
     fit.name = "train"
-    return {"train": fit, "val": val, "test": test}
+    splits = {"train": fit, "val": val, "test": test}
+    if with_rest:
+        splits["rest"] = rest if rest is not None else Split("rest", [], [], [])
+        splits["rest"].name = "rest"
+    return splits
