@@ -6,6 +6,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 from hydra.utils import instantiate
@@ -34,8 +35,11 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return built
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run one training job; returns the metrics dictionary written to the run's metrics file."""
+def train(cfg: DictConfig, manifest_extra: Callable[[dict], dict] | None = None) -> dict:
+    """Run one training job; returns the metrics dictionary written to the run's metrics file.
+
+    ``manifest_extra(metrics)`` returns entries added to the run's manifest (``agnews.stages`` records its stages
+    there), called just before the manifest is written."""
     import lightning as L
 
     # Lightning installs its own console handler; under Hydra (which configures the root logger: console + run log
@@ -87,7 +91,7 @@ def train(cfg: DictConfig) -> dict:
     failed = True
     try:
         metrics = _fit_evaluate_write(
-            cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at
+            cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at, manifest_extra
         )
         failed = False
     finally:
@@ -180,7 +184,8 @@ def _predict_splits(
 
 
 def _fit_evaluate_write(
-    cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at: str
+    cfg, trainer, bundle, datamodule, module, label_names, output_dir, timings, lap, started_at: str,
+    manifest_extra: Callable[[dict], dict] | None = None,
 ) -> dict:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / runs.CONFIG_FILE, resolve=True)
@@ -267,6 +272,7 @@ def _fit_evaluate_write(
                 ids={s: datamodule.splits[s].ids for s in predictions},
             )
         runs.write_json(output_dir / runs.METRICS_FILE, metrics)
+        extra = manifest_extra(metrics) if manifest_extra is not None else {}
         # The manifest goes last: its presence is what marks the run as finished (agnews.runs.load_run).
         runs.write_json(
             output_dir / runs.MANIFEST_FILE,
@@ -277,6 +283,8 @@ def _fit_evaluate_write(
                     "source": cfg.data.source,
                     "sizes": {name: len(split) for name, split in datamodule.splits.items()},
                     "bad_rows": {name: len(rows) for name, rows in datamodule.bad_rows.items()},
+                    # What the data module did beyond splitting (pseudo-labels, curriculum), if it reports it.
+                    **(getattr(datamodule, "report", None) or {}),
                 },
                 "artifacts": {
                     "config": runs.CONFIG_FILE,
@@ -295,6 +303,7 @@ def _fit_evaluate_write(
                 "started_at": started_at,
                 "finished_at": datetime.now(timezone.utc).isoformat(),
                 "environment": artifacts.environment(),
+                **extra,
             },
         )
     return metrics

@@ -30,7 +30,10 @@ PRUNED_FILE = "pruned.txt"
 
 
 def _objective(cfg: DictConfig) -> float | None:
-    from agnews.pipeline import train
+    if cfg.get("stages"):
+        from agnews.stages import run_stages as train  # stages=[...]: several runs, the last one writes this run
+    else:
+        from agnews.pipeline import train
 
     metrics = train(cfg)
     from lightning.pytorch.utilities import rank_zero_only
@@ -51,14 +54,19 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    return _run_job(cfg, _objective)
+
+
+def _run_job(cfg: DictConfig, objective) -> float | None:
+    """``objective(cfg)``; in a multirun, a failure is recorded in the job's directory and the sweep goes on."""
     if not _is_multirun():
-        return _objective(cfg)
+        return objective(cfg)
 
     from hydra.core.hydra_config import HydraConfig
 
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return _objective(cfg)
+        return objective(cfg)
     except Exception as error:  # noqa: BLE001  (any job failure is recorded, the sweep goes on)
         job_dir.mkdir(parents=True, exist_ok=True)
         if type(error).__name__ == "TrialPruned":  # optuna.TrialPruned, without importing optuna here
@@ -90,8 +98,8 @@ def _summary(run_dir: Path, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _cli() -> None:
-    main()
+def _cli(entry=None) -> None:
+    (entry or main)()
     from agnews.callbacks.sweep_status import FAILED_SWEEPS
 
     if FAILED_SWEEPS:

@@ -28,6 +28,10 @@ EXPORT_INFO_FILE = "export.json"
 ONNX_MODEL_FILE = "model.onnx"
 BUNDLE_DIR = "bundle"
 BUNDLE_MANIFEST_FILE = "manifest.json"
+# A multi-stage run (``agnews.train stages=[...]``): the record of every stage, and the folder of the earlier stages'
+# own run directories (``stages/<i>-<name>/``; the last stage is the run itself).
+STAGES_FILE = "stages.json"
+STAGES_DIR = "stages"
 
 
 def predictions_path(run_dir: str | Path, split: str) -> Path:

@@ -1,0 +1,58 @@
+"""The masked-LM LightningModule: the model's own MLM loss, logged as ``train/mlm_loss`` and ``val/mlm_loss``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+
+from agnews.strategies.optim import DEFAULT_NO_DECAY, parameter_groups
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class MaskedLanguageModeling(L.LightningModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        weight_decay: float = 0.01,
+        no_decay: Sequence[str] = DEFAULT_NO_DECAY,
+    ):
+        super().__init__()
+        self.model = model.train()  # from_pretrained hands back eval mode: dropout would stay off
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.weight_decay = weight_decay
+        self.no_decay = tuple(no_decay)
+        # Summed over masked tokens: the loss over all held-out masked tokens, whatever the batch boundaries. Plain
+        # floats: validation runs before, inside and after fit, under inference mode (metric states would clash).
+        self._val_sum, self._val_count = 0.0, 0
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        output = self.model(**{key: batch[key] for key in INPUT_KEYS if key in batch})
+        return output.loss, int((batch["labels"] != -100).sum())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, masked = self.loss(batch)
+        self.log("train/mlm_loss", loss, prog_bar=True, batch_size=max(masked, 1))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, masked = self.loss(batch)
+        self._val_sum += float(loss) * masked
+        self._val_count += masked
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self._val_sum / self._val_count if self._val_count else float("nan")
+        self.log("val/mlm_loss", loss, prog_bar=True, sync_dist=True)
+        self._val_sum, self._val_count = 0.0, 0
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay, self.no_decay))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

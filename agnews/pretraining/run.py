@@ -1,0 +1,134 @@
+"""One masked-LM job from config to run directory: build, validate, fit, validate, export the adapted encoder."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from agnews import artifacts, runs
+from agnews.errors import ConfigError
+from agnews.pipeline import _instantiate_group
+
+log = logging.getLogger(__name__)
+
+TASK = "pretrain"
+# Classifier callbacks that have nothing to watch in a masked-LM run (they monitor val/accuracy).
+CLASSIFIER_CALLBACKS = ("model_checkpoint", "early_stopping")
+
+
+def _callbacks(group: DictConfig | None) -> list:
+    if not group:
+        return []
+    return _instantiate_group(DictConfig({k: v for k, v in group.items() if k not in CLASSIFIER_CALLBACKS}))
+
+
+def _validate(trainer, module, datamodule) -> float:
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return float(results[0]["val/mlm_loss"])
+
+
+def pretrain(cfg: DictConfig) -> dict:
+    """Run one masked-LM job; returns the metrics written to the run's ``metrics.json``."""
+    import lightning as L
+
+    logging.getLogger("lightning.pytorch").handlers.clear()  # as in agnews.pipeline: no doubled Lightning messages
+    if cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path: a pre-training run keeps no Lightning checkpoints to resume from; start it again "
+            "(trainer.max_steps bounds its cost)"
+        )
+    started_at = datetime.now(timezone.utc).isoformat()
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    L.seed_everything(cfg.seed, workers=True)
+
+    bundle = instantiate(cfg.model)
+    options = cfg.pretrain
+    datamodule = instantiate(
+        options.data,
+        tokenizer=bundle.tokenizer,
+        # The data group's plain settings (source, folder, sizes, lengths); its sub-configs (augmentation,
+        # curriculum, pseudo-labels) shape classifier batches and do not apply to masked-LM text.
+        data={
+            k: v
+            for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+            if not k.startswith("_") and not isinstance(v, dict)
+        },
+        seed=cfg.seed,
+    )
+    module = instantiate(options.module, model=bundle.model)
+    lap("build")
+    datamodule.setup("fit")
+    lap("data")
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=_callbacks(cfg.get("callbacks")),
+        logger=_instantiate_group(cfg.get("logger")) or False,
+        default_root_dir=str(output_dir),
+        enable_checkpointing=False,
+    )
+    OmegaConf.save(cfg, output_dir / runs.CONFIG_FILE, resolve=True)
+    before = _validate(trainer, module, datamodule)
+    log.info("val/mlm_loss before pre-training: %.4f", before)
+    trainer.fit(module, datamodule=datamodule)
+    train_loss = trainer.callback_metrics.get("train/mlm_loss")
+    after = _validate(trainer, module, datamodule)
+    log.info("val/mlm_loss after %d steps: %.4f (was %.4f)", trainer.global_step, after, before)
+    lap("fit")
+
+    metrics = {
+        "val": {
+            "mlm_loss": after,
+            "mlm_loss_before": before,
+            "perplexity": math.exp(min(after, 50.0)),
+            "perplexity_before": math.exp(min(before, 50.0)),
+            "num_texts": len(datamodule.splits["val"]),
+        },
+        "train": {
+            "mlm_loss_last_step": float(train_loss) if train_loss is not None else None,
+            "num_texts": len(datamodule.splits["train"]),
+        },
+    }
+    if trainer.is_global_zero:
+        from agnews.pretraining.model import export_masked_lm
+
+        module.model.eval()
+        export_masked_lm(bundle, output_dir / runs.MODEL_DIR)
+        lap("export")
+        runs.write_json(output_dir / runs.METRICS_FILE, metrics)
+        # Last: its presence marks the run finished (agnews.runs.load_run); model.pretrained=<this run> reads model/.
+        runs.write_json(
+            output_dir / runs.MANIFEST_FILE,
+            {
+                "task": TASK,
+                "model": bundle.describe(),
+                "data": datamodule.report,
+                "artifacts": {"config": runs.CONFIG_FILE, "metrics": runs.METRICS_FILE, "model": runs.MODEL_DIR},
+                "global_step": trainer.global_step,
+                "epochs": trainer.current_epoch,
+                "timings_s": timings,
+                "started_at": started_at,
+                "finished_at": datetime.now(timezone.utc).isoformat(),
+                "environment": artifacts.environment(),
+            },
+        )
+    return metrics
