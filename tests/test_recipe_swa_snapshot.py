@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, TINY, small_data_overrides, synthetic_rows, train_run, write_ag_news_csv
+from conftest import LABELS, REPO_ROOT, TINY, small_data_overrides, synthetic_rows, train_run, write_ag_news_csv
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from agnews import runs
+from agnews.callbacks.snapshot_ensemble import cycle_ends
 from agnews.data.run_splits import load_run_split
+from agnews.errors import ConfigError
 from agnews.inference import Predictor
 
 
@@ -91,3 +95,105 @@ def test_swa_run_scores_and_exports_the_averaged_weights(tmp_path, tiny_data):
     texts = dict(zip(split.ids, split.texts))
     predicted = Predictor.from_path(run).predict_proba([texts[i] for i in stored.ids])
     np.testing.assert_allclose(predicted, stored.probs, atol=2e-5)
+
+
+# ---- snapshot ensembles -----------------------------------------------------------------------------------------------
+SNAPSHOT = ["+strategy/scheduler=cosine_restarts", "strategy.scheduler.num_cycles=3", "callbacks=snapshot_ensemble"]
+
+
+def test_cycle_ends_match_transformers_restarts():
+    from torch.optim import SGD
+
+    from agnews.strategies.optim import cosine_with_restarts
+
+    for total, cycles, warmup_ratio in [(15, 3, 0.0), (100, 4, 0.1), (7, 2, 0.0), (33, 5, 0.06)]:
+        scheduler = cosine_with_restarts(SGD([torch.zeros(1)], lr=1.0), total, cycles, warmup_ratio)
+        factor = scheduler.lr_lambdas[0]
+        warmup = int(round(warmup_ratio * total))
+        restarts = [s for s in range(warmup + 1, total) if factor(s) > factor(s - 1)]
+        assert cycle_ends(total, cycles, warmup) == restarts
+
+
+def test_snapshots_are_finished_runs_that_the_ensemble_command_combines(tmp_path, tiny_data):
+    weights = tmp_path / "weights"
+    run = train_run(
+        tmp_path / "run",
+        [
+            *TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=3", "strategy.optimizer.lr=2e-2", *SNAPSHOT,
+            f"+callbacks.capture._target_={__name__}.EpochWeights", f"+callbacks.capture.folder={weights}",
+        ],
+    )
+    # 80 training rows, batch 16: 5 steps per epoch, 15 in all; 3 cycles restart after steps 5 and 10.
+    lr = _logged_lr(run)
+    assert max(lr.values()) == pytest.approx(2e-2) and len(lr) == 15
+    for end in (5, 10):
+        assert lr[end] == pytest.approx(2e-2) and lr[end - 1] < 0.2 * lr[end]  # the restart
+    snapshots = [run / "snapshots" / str(k) for k in range(3)]
+    manifests = [runs.load_run(s).manifest for s in snapshots]
+    assert [m["global_step"] for m in manifests] == [5, 10, 15]
+    assert all(m["snapshot"]["complete"] for m in manifests)
+    members = [load_file(s / runs.MODEL_DIR / "model.safetensors") for s in snapshots]
+    assert min(_max_difference(members[i], members[j]) for i, j in [(0, 1), (1, 2), (0, 2)]) > 1e-3
+    # Snapshot 2 is the final weights: the same as the epoch-3 weights and the run's own export (no better best.ckpt
+    # here: the tiny model learns the separable data in the first cycle, so best.ckpt may be an earlier epoch).
+    final = _weights(weights / "epoch2.pt")
+    assert _max_difference({k: members[2][k] for k in final}, final) == 0.0
+    # Each snapshot's stored predictions are what its exported model predicts.
+    split = load_run_split(run, "val")
+    for snapshot in snapshots:
+        stored = runs.read_predictions(runs.predictions_path(snapshot, "val"))
+        assert stored.ids == split.ids and runs.load_run(snapshot).splits == ["test", "val"]
+        np.testing.assert_allclose(Predictor.from_path(snapshot).predict_proba(split.texts), stored.probs, atol=2e-5)
+
+    listed = ",".join(str(s) for s in snapshots)
+    done = subprocess.run(
+        [sys.executable, "-m", "agnews.ensemble", f"members=[{listed}]", "method=hard_vote",
+         f"paths.output_dir={tmp_path / 'ensemble'}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ensemble = runs.load_run(tmp_path / "ensemble")
+    assert ensemble.has_bundle and set(ensemble.splits) == {"val", "test"}
+    probs = Predictor.from_path(tmp_path / "ensemble").predict_proba(split.texts[:4])
+    assert probs.shape == (4, 4)
+
+
+def test_snapshot_ensemble_without_the_cyclic_schedule_is_refused(compose_train_cfg, tmp_path, tiny_data):
+    from hydra.errors import InstantiationException
+
+    from agnews.pipeline import train
+
+    cfg = compose_train_cfg([*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=1", "callbacks=snapshot_ensemble"])
+    with pytest.raises(InstantiationException, match=r"num_cycles must be .*\+strategy/scheduler=cosine_restarts") as info:
+        train(cfg)
+    assert isinstance(info.value.__cause__, ConfigError)
+    # Cycles given but the default linear schedule kept: the learning rate never restarts.
+    cfg = compose_train_cfg([*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=1", "callbacks=snapshot_ensemble",
+                             "callbacks.snapshot_ensemble.num_cycles=2"])
+    with pytest.raises(ConfigError, match="does not restart after steps"):
+        train(cfg)
+
+
+def _logged_lr(run: Path) -> dict[int, float]:
+    """The learning rate LearningRateMonitor logged per optimizer step (the lr used by the step after that count)."""
+    import csv
+
+    with (run / "csv" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    column = next(name for name in rows[0] if name.startswith("lr-"))
+    return {int(row["step"]): float(row[column]) for row in rows if row.get(column)}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_cycles": 1}, "num_cycles must be an integer >= 2"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
+        ({"splits": ["test"]}, "splits must include val"),
+    ],
+)
+def test_bad_snapshot_settings_are_config_errors(options, message):
+    from agnews.callbacks.snapshot_ensemble import SnapshotEnsemble
+
+    with pytest.raises(ConfigError, match=message):
+        SnapshotEnsemble(**{"num_cycles": 3, "max_length": 32, **options})
