@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import TINY, small_data_overrides, train_run
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 
 from agnews import runs
 from agnews.data.batching import LengthGroupedBatchSampler
@@ -200,7 +204,7 @@ def test_teacher_missing_or_unfinished_is_a_config_error(tmp_path):
 
 # ---- the YAML configs -----------------------------------------------------------------------------------------------
 def test_yaml_builds_the_partial_the_data_module_calls(compose_train_cfg, tmp_path):
-    cfg = compose_train_cfg(["+data/curriculum=length", "trainer.max_epochs=4", "data.curriculum.pacing=linear"])
+    cfg = compose_train_cfg(["data/curriculum=length", "trainer.max_epochs=4", "data.curriculum.pacing=linear"])
     factory = instantiate(cfg.data.curriculum)
     sampler = factory(split=_split(), lengths=_lengths(400), batch_size=16, seed=5, num_replicas=1, rank=0)
     assert isinstance(sampler, LengthCurriculum)
@@ -208,9 +212,62 @@ def test_yaml_builds_the_partial_the_data_module_calls(compose_train_cfg, tmp_pa
 
     split = _split()
     teacher = _teacher_run(tmp_path / "teacher", split, np.linspace(0.1, 0.9, len(split)))
-    cfg = compose_train_cfg(["+data/curriculum=teacher_loss", f"data.curriculum.teacher={teacher}"])
+    cfg = compose_train_cfg(["data/curriculum=teacher_loss", f"data.curriculum.teacher={teacher}"])
     sampler = instantiate(cfg.data.curriculum)(
         split=split, lengths=_lengths(400), batch_size=16, seed=5, num_replicas=1, rank=0
     )
     assert isinstance(sampler, TeacherLossCurriculum) and sampler.epochs == cfg.trainer.max_epochs
     assert sampler.start_fraction == 0.1 and sampler.duration == 0.5  # inherited from length.yaml
+
+
+# ---- through the pipeline -------------------------------------------------------------------------------------------
+class TrainBatches(Callback):
+    """Writes the dataset indices of every training batch, one line per batch (a file: works in any process)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        with self.path.open("a") as handle:
+            handle.write(" ".join(str(i) for i in batch["index"].tolist()) + "\n")
+
+
+def _trained_batches(path: Path) -> list[list[int]]:
+    return [[int(i) for i in line.split()] for line in path.read_text().splitlines()]
+
+
+def test_length_then_teacher_loss_curriculum_train_end_to_end(tmp_path, make_ag_news_dir):
+    from agnews.data.run_splits import load_run_split
+
+    data = make_ag_news_dir(train_per_class=30, test_per_class=5)
+    common = [*TINY, *small_data_overrides(data), "trainer.max_epochs=2", "strategy.optimizer.lr=2e-2"]
+    # A length curriculum; this run also scores its train split, so it can teach the next one.
+    batches = tmp_path / "length_batches.txt"
+    teacher = train_run(
+        tmp_path / "length",
+        [*common, "data/curriculum=length", "scoring.splits=[train,val,test]",
+         f"+callbacks.batches._target_={__name__}.TrainBatches", f"+callbacks.batches.path={batches}"],
+    )
+    manifest = runs.load_run(teacher).manifest
+    assert manifest["data"]["curriculum"]["difficulty"] == "length"
+    train = load_run_split(teacher, "train")
+    trained = _trained_batches(batches)
+    assert len(trained) == 2 * int(np.ceil(len(train) / 16))
+    # The first batch is the 16 shortest training texts (c0 * 80 rows < one batch: the pool is one batch's worth).
+    from agnews.data.tokenization import tokenize_texts
+    from agnews.models.factory import offline_tokenizer
+
+    lengths = tokenize_texts(offline_tokenizer("right"), train.texts, 32, None).lengths
+    assert lengths[trained[0]].max() <= np.sort(lengths)[15]
+
+    batches = tmp_path / "teacher_batches.txt"
+    student = train_run(
+        tmp_path / "student",
+        [*common, "data/curriculum=teacher_loss", f"data.curriculum.teacher={teacher}",
+         f"+callbacks.batches._target_={__name__}.TrainBatches", f"+callbacks.batches.path={batches}"],
+    )
+    assert runs.load_run(student).manifest["data"]["curriculum"]["teacher"] == str(teacher)
+    stored = runs.read_predictions(runs.predictions_path(teacher, "train")).select(train.ids)
+    loss = -np.log(np.maximum(stored.probs[np.arange(len(train)), stored.labels], 1e-12))
+    first = _trained_batches(batches)[0]
+    assert loss[first].max() <= np.sort(loss)[15] + 1e-6

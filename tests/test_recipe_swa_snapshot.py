@@ -64,7 +64,7 @@ def _max_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
-# ---- SWA --------------------------------------------------------------------------------------------------------------
+# ---- SWA -------------------------------------------------------------------------------------------------------------
 def test_swa_run_scores_and_exports_the_averaged_weights(tmp_path, tiny_data):
     weights = tmp_path / "weights"
     run = train_run(
@@ -77,7 +77,7 @@ def test_swa_run_scores_and_exports_the_averaged_weights(tmp_path, tiny_data):
     )
     epoch_end = [_weights(weights / f"epoch{e}.pt") for e in range(4)]
     final = _weights(weights / "fit_end.pt")
-    # Lightning averages at the start of each epoch from swa_epoch_start (1-based) on: the weights after epochs 1..3 of 4.
+    # Lightning averages at the start of each epoch from swa_epoch_start (1-based) on: weights after epochs 1-3 of 4.
     average = {k: sum(w[k].double() for w in epoch_end[:3]) / 3 for k in final}
     assert _max_difference(average, final) < 1e-6
     assert _max_difference(epoch_end[3], final) > 1e-3  # not simply the last weights
@@ -97,7 +97,7 @@ def test_swa_run_scores_and_exports_the_averaged_weights(tmp_path, tiny_data):
     np.testing.assert_allclose(predicted, stored.probs, atol=2e-5)
 
 
-# ---- snapshot ensembles -----------------------------------------------------------------------------------------------
+# ---- snapshot ensembles ----------------------------------------------------------------------------------------------
 SNAPSHOT = ["+strategy/scheduler=cosine_restarts", "strategy.scheduler.num_cycles=3", "callbacks=snapshot_ensemble"]
 
 
@@ -163,13 +163,14 @@ def test_snapshot_ensemble_without_the_cyclic_schedule_is_refused(compose_train_
 
     from agnews.pipeline import train
 
-    cfg = compose_train_cfg([*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=1", "callbacks=snapshot_ensemble"])
-    with pytest.raises(InstantiationException, match=r"num_cycles must be .*\+strategy/scheduler=cosine_restarts") as info:
+    base = [*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=1", "callbacks=snapshot_ensemble"]
+    cfg = compose_train_cfg(base)
+    hint = r"num_cycles must be .*strategy/scheduler=cosine_restarts"
+    with pytest.raises(InstantiationException, match=hint) as info:
         train(cfg)
     assert isinstance(info.value.__cause__, ConfigError)
     # Cycles given but the default linear schedule kept: the learning rate never restarts.
-    cfg = compose_train_cfg([*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=1", "callbacks=snapshot_ensemble",
-                             "callbacks.snapshot_ensemble.num_cycles=2"])
+    cfg = compose_train_cfg([*base, "callbacks.snapshot_ensemble.num_cycles=2"])
     with pytest.raises(ConfigError, match="does not restart after steps"):
         train(cfg)
 

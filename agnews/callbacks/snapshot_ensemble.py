@@ -1,4 +1,4 @@
-"""Snapshot ensembles (Huang et al., 2017): one training run with a cyclic learning rate yields several ensemble members.
+"""Snapshot ensembles (Huang et al., 2017): one run with a cyclic learning rate yields several ensemble members.
 
 The cosine-with-hard-restarts schedule (``strategy.scheduler._target_=agnews.strategies.optim.cosine_with_restarts``)
 anneals the learning rate to ~0 ``num_cycles`` times; the weights at the end of each cycle are a snapshot. This callback
@@ -73,7 +73,8 @@ class SnapshotEnsemble(Callback):
         splits = list(splits)
         if "val" not in splits:
             raise ConfigError(
-                f"callbacks.snapshot_ensemble.splits must include val (ensembles fit their combiner on it), got {splits}"
+                f"callbacks.snapshot_ensemble.splits must include val (ensembles fit their combiner on it), got "
+                f"{splits}"
             )
         self.num_cycles = num_cycles
         self.warmup_ratio = float(warmup_ratio)
@@ -107,7 +108,9 @@ class SnapshotEnsemble(Callback):
         total = int(trainer.estimated_stepping_batches)
         warmup = int(round(self.warmup_ratio * total))
         if total < self.num_cycles:
-            raise ConfigError(f"{self.num_cycles} snapshot cycles need at least as many optimizer steps; this run has {total}")
+            raise ConfigError(
+                f"{self.num_cycles} snapshot cycles need at least as many optimizer steps; this run has {total}"
+            )
         self.ends = cycle_ends(total, self.num_cycles, warmup)
         self._check_schedule(trainer, self.ends)
         log.info("Snapshot ensemble: %d cycles over %d steps, snapshots after steps %s and at the end", self.num_cycles,

@@ -13,9 +13,10 @@ batch count, so pacing is in batches, identical on every rank and independent of
 Within the pool, examples are drawn in passes without replacement: each pass is a seeded shuffle of the pool, and
 newly admitted (harder) examples join the current pass at random positions. So nothing in the pool is repeated before
 everything in it was drawn once, and once the pool is the whole split every example is drawn within two epochs' worth
-of batches (the pass then running may have begun before). The stream of batches depends only on ``seed`` and the difficulty ranking: an epoch's batches are replayed
-from the start (cached between consecutive epochs), so a run resumed mid-epoch draws exactly the uninterrupted
-run's batches. Difficulty ties are broken by a seeded shuffle (lengths tie a lot), not by row order.
+of batches (the pass then running may have begun before). Every batch is full (an epoch is ``ceil(n / batch_size)``
+batches). The stream of batches depends only on ``seed`` and the difficulty ranking: an epoch's batches are replayed
+from the start (cached between consecutive epochs), so a run resumed mid-epoch draws exactly the uninterrupted run's
+batches. Difficulty ties are broken by a seeded shuffle (lengths tie a lot), not by row order.
 
 Difficulty: token length (:class:`LengthCurriculum`) or a teacher run's per-example loss ``-log p(gold)`` read from its
 stored train predictions (:class:`TeacherLossCurriculum`). The data module calls the Hydra partial from
@@ -163,7 +164,7 @@ class CurriculumBatchSampler(LengthGroupedBatchSampler):
         return _PoolStream(self.ranked, self.batch_size, self.seed, self.pool_size)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """All (global, pre-sharding) batches of ``epoch``: the stream's batches ``epoch * B .. (epoch + 1) * B - 1``."""
+        """All (global, pre-sharding) batches of ``epoch``: stream batches ``epoch * B`` to ``(epoch + 1) * B - 1``."""
         if self._stream is None or epoch < self._stream_epoch:
             self._stream, self._stream_epoch = self._new_stream(), 0
         while self._stream_epoch < epoch:  # replay earlier epochs (a resume, or the first epoch after one)
