@@ -20,11 +20,17 @@ def export_model(bundle, output_dir: Path, max_length: int, extra: dict | None =
     The facts file is written last: a folder without it is an incomplete export (``RunDir.require_model`` says so).
     """
     from agnews.models.exported import save_unmerged
+    from agnews.models.long_input import LongInputClassifier
     from agnews.models.peft import is_peft_model
 
     target = Path(output_dir) / MODEL_DIR
     if is_peft_model(bundle.model):  # prompt/prefix tuning: adapter + base/ (LoRA/IA3 arrive merged)
         save_unmerged(bundle.model, target)
+    elif isinstance(bundle.model, LongInputClassifier):
+        # The encoder as a plain Hugging Face folder (export and from_pretrained read it); the windowing settings
+        # travel in the facts file, a hierarchical pooling layer in its own safetensors file.
+        bundle.model.model.save_pretrained(target, safe_serialization=True)
+        bundle.model.save_extra(target)
     else:
         bundle.model.save_pretrained(target, safe_serialization=True)
     bundle.tokenizer.save_pretrained(target)

@@ -8,8 +8,12 @@ dynamo exporter's graph only got SkipLayerNormalization/BiasGelu fused (no Atten
 Tracing records one input shape. Every architecture here was checked to stay shape-generic except Longformer, whose
 sliding-window attention chunks the sequence with Python loops/``as_strided`` sized from the traced shape; its export
 therefore pads every input to one fixed length (``max_length`` rounded up to the attention window) inside the graph
-(:class:`PaddedLongformer`) and chunks with slices (:func:`_patch_longformer`). The sequence axis stays dynamic for
+(:class:`PaddedInputs`) and chunks with slices (:func:`_patch_longformer`). The sequence axis stays dynamic for
 callers; the padded tail is masked, so logits match PyTorch. Its global attention mask is a graph input.
+
+A ``model.long_input`` run (:class:`agnews.models.long_input.LongInputClassifier`) sizes its window grid from the
+padded length in Python, so its export pads every input to ``max_length`` inside the graph too;
+which windows hold content stays dynamic (only those run through the encoder), and the pooling is part of the graph.
 """
 
 from __future__ import annotations
@@ -33,15 +37,29 @@ EXAMPLE_TEXTS = ["Stocks rallied on Wall Street as investors cheered upbeat earn
 
 
 def load_model(model_dir: Path):
-    """The run's classifier in fp32 with eager attention, so the exported graph is the one ORT's fusions match."""
+    """The run's classifier in fp32 with eager attention, so the exported graph is the one ORT's fusions match (a
+    long-input run's encoder wrapped back in its windowing, as :func:`agnews.models.exported.load_classifier` does)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from agnews.models.long_input import INFO_KEY, LongInputClassifier
+    from agnews.runs import MODEL_INFO_FILE, read_json
+
     try:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager")
+        info_path = Path(model_dir) / MODEL_INFO_FILE
+        long_input = (read_json(info_path) if info_path.is_file() else {}).get(INFO_KEY)
+        if long_input:
+            model = LongInputClassifier.restore(model, long_input, model_dir)
     except (OSError, ValueError) as exc:
         raise ExportError(f"{model_dir}: cannot load the classifier to export it ({exc})") from exc
     return model.to(torch.float32).eval()
+
+
+def is_long_input(model) -> bool:
+    from agnews.models.long_input import LongInputClassifier
+
+    return isinstance(model, LongInputClassifier)
 
 
 def input_names(info: dict) -> list[str]:
@@ -53,6 +71,14 @@ def input_names(info: dict) -> list[str]:
 
 def is_longformer(model) -> bool:
     return getattr(model.config, "model_type", None) == "longformer"
+
+
+def example_texts(model) -> list[str]:
+    """Texts to trace with: a long-input model also gets one text spanning several windows (the pooling path)."""
+    if not is_long_input(model):
+        return EXAMPLE_TEXTS
+    settings = model.settings
+    return [" ".join([EXAMPLE_TEXTS[0]] * (2 * settings.window // 8 + 1)), *EXAMPLE_TEXTS]
 
 
 def longformer_length(model, max_length: int) -> int:
@@ -117,7 +143,11 @@ def wrap_for_export(model, names: list[str], max_length: int, pad_token_id: int)
         def forward(self, *inputs):
             return self.model(**dict(zip(names, inputs))).logits
 
-    class PaddedLongformer(nn.Module):
+    class PaddedInputs(nn.Module):
+        """Every input padded on the right to ``length``: the graph's shape-dependent Python values (Longformer's
+        chunk count, the long-input window grid) are traced for the longest input the Predictor sends. Padding is
+        masked (and the long-input wrapper finds each row's first real token, whatever the padding side)."""
+
         def __init__(self, length: int):
             super().__init__()
             self.model = model
@@ -131,9 +161,13 @@ def wrap_for_export(model, names: list[str], max_length: int, pad_token_id: int)
             }
             return self.model(**padded).logits
 
+    if is_long_input(model):
+        if is_longformer(model.model):
+            _patch_longformer(model.model)  # windows have a fixed width; the window count (batch) stays dynamic
+        return PaddedInputs(max_length).eval()
     if is_longformer(model):
         _patch_longformer(model)
-        return PaddedLongformer(longformer_length(model, max_length)).eval()
+        return PaddedInputs(longformer_length(model, max_length)).eval()
     return LogitsOnly().eval()
 
 
@@ -164,7 +198,8 @@ def export_fp32(model, tokenizer, info: dict, path: Path, opset: int) -> dict:
 
     names = input_names(info)
     encoder = TextEncoder.from_info(tokenizer, info)
-    _, example = next(encoder.batches(EXAMPLE_TEXTS, len(EXAMPLE_TEXTS)))
+    texts = example_texts(model)
+    _, example = next(encoder.batches(texts, len(texts)))
     missing = [n for n in names if n not in example]
     if missing:
         raise ExportError(f"the tokenizer/padding produced no {missing} for this model")
@@ -184,7 +219,10 @@ def export_fp32(model, tokenizer, info: dict, path: Path, opset: int) -> dict:
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
     facts = {"exporter": EXPORTER, "inputs": names, "output": OUTPUT_NAME, "opset": opset}
-    if is_longformer(model):
+    if is_long_input(model):
+        facts["fixed_internal_length"] = int(info.get("max_length", 128))
+        facts["long_input"] = model.settings.mode
+    elif is_longformer(model):
         facts["fixed_internal_length"] = longformer_length(model, int(info.get("max_length", 128)))
     return facts
 

@@ -3,6 +3,8 @@
 The exported model folder is either a plain transformers classifier (full fine-tuning; LoRA and IA3 are merged at
 export) or, for prompt and prefix tuning, which cannot be merged, a peft adapter (``adapter_config.json`` +
 ``adapter_model.safetensors``: virtual tokens and the trained head) beside ``base/``, the frozen base classifier.
+A model trained with ``model.long_input`` (``long_input`` in its facts) is wrapped back in
+:class:`agnews.models.long_input.LongInputClassifier`.
 :class:`agnews.inference.Predictor` (torch backend), meta-evaluation and export read exported models through
 :func:`load_classifier`.
 """
@@ -64,6 +66,12 @@ def load_classifier(model_dir: str | Path) -> LoadedClassifier:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     else:
         raise FileNotFoundError(f"{model_dir} holds neither a model (config.json) nor an adapter ({ADAPTER_CONFIG})")
+    from agnews.models.long_input import INFO_KEY as LONG_INPUT_KEY
+
+    if info.get(LONG_INPUT_KEY):  # trained with model.long_input: the same windowing wrapper around the encoder
+        from agnews.models.long_input import LongInputClassifier
+
+        model = LongInputClassifier.restore(model, info[LONG_INPUT_KEY], model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if info.get("padding_side"):
         tokenizer.padding_side = info["padding_side"]

@@ -192,6 +192,8 @@ def load_classifier(
     revision: str | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     attn_implementation: str | None = None,
+    long_input: str | None = None,
+    long_input_options: Mapping[str, Any] | None = None,
 ) -> ClassifierBundle:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -283,6 +285,16 @@ def load_classifier(
     # from_pretrained returns eval mode and from_config train mode: hand back one convention (training code calls
     # .train() itself), so a tiny model behaves like a pretrained one.
     model.eval()
+    extra = {"size": size, "tiny": bool(tiny)}
+    # model.long_input: the encoder runs on windows of each text inside a wrapper (agnews.models.long_input); the
+    # tokenizer's limit becomes what the windows cover, so data.max_length may exceed one window.
+    from agnews.models.long_input import INFO_KEY, wrap
+
+    model, settings = wrap(
+        model, _plain(long_input), _plain(long_input_options), tokenizer, global_attention_first_token, tiny
+    )
+    if settings is not None:
+        extra[INFO_KEY] = settings.to_dict()
     return ClassifierBundle(
         model=model,
         tokenizer=tokenizer,
@@ -290,5 +302,5 @@ def load_classifier(
         source=source,
         label_names=label_names,
         global_attention_first_token=global_attention_first_token,
-        extra={"size": size, "tiny": bool(tiny)},
+        extra=extra,
     )
