@@ -124,7 +124,7 @@ class SnapshotEnsemble(Callback):
         configs = trainer.lr_scheduler_configs
         scheduler = configs[0].scheduler if configs else None
         hint = (
-            "callbacks=snapshot_ensemble needs the cyclic schedule: strategy/scheduler=cosine_restarts (with the same "
+            "callbacks=snapshot_ensemble needs the cyclic schedule: +strategy/scheduler=cosine_restarts (with the same "
             "num_cycles and warmup_ratio)"
         )
         if not isinstance(scheduler, LambdaLR) or configs[0].interval != "step":
