@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from agnews.data.sources import Split
-from agnews.errors import ConfigError
+from agnews.errors import AGNewsError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,20 @@ class PseudoLabeler:
         chosen = np.sort(np.random.default_rng(seed).choice(len(pool), size=self.pool_size, replace=False))
         return pool.subset(chosen.tolist())
 
+    def teacher_training_overlap(self, pool: Split) -> int | None:
+        """How many pool texts the teacher trained on (its training split rebuilt from its config; None when the
+        teacher is not a run directory). Non-zero means the teacher has seen those rows' gold labels: train the teacher
+        with the same data settings and seed, so that the pool is data it never saw."""
+        from agnews.data.run_splits import load_run_split
+
+        try:
+            teacher_train = load_run_split(Path(self.teacher).expanduser(), "train")
+        except (AGNewsError, OSError, ValueError) as error:  # a bundle or model/ folder, data moved away, ...
+            log.info("Pseudo-labelling: cannot rebuild the teacher's training split (%s)", error)
+            return None
+        seen = set(teacher_train.texts)
+        return sum(text in seen for text in pool.texts)
+
     def select(self, probs: np.ndarray) -> np.ndarray:
         """Indices (into ``probs``' rows, ascending) of the rows kept: confident, then balanced across classes."""
         confidence = probs.max(axis=1)
@@ -127,7 +141,14 @@ class PseudoLabeler:
             "kept": int(len(kept)),
             "kept_per_class": {name: int((predicted[kept] == c).sum()) for c, name in enumerate(label_names)},
             "kept_accuracy": round(float((predicted[kept] == gold[kept]).mean()), 6) if len(kept) else None,
+            "pool_rows_in_teacher_training": self.teacher_training_overlap(pool),
         }
+        if report["pool_rows_in_teacher_training"]:
+            log.warning(
+                "Pseudo-labelling: the teacher trained on %d of the %d pool rows (their labels are not a fair test of "
+                "it); train the teacher with this run's data settings and seed", report["pool_rows_in_teacher_training"],
+                len(pool),
+            )
         if len(kept) == 0:
             rule = " and balance=true keeps the smallest class's count" if self.balance else ""
             raise ConfigError(
