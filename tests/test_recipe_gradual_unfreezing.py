@@ -91,11 +91,12 @@ def test_blocks_unfreeze_top_down_one_per_epoch_with_llrd(compose_train_cfg, mak
     "strategy, extra",
     [
         ("fgm", []),
+        ("standard", ["peft=lora"]),  # adapters inside the blocks follow the schedule; the frozen base stays frozen
         ("maml", ["strategy.episodes_per_epoch=2", "strategy.k_shot=2", "strategy.query_per_class=2"]),
         ("reptile", ["strategy.episodes_per_epoch=2", "strategy.k_shot=2", "strategy.query_per_class=2"]),
     ],
 )
-def test_adversarial_and_meta_strategies_respect_the_frozen_blocks(
+def test_adversarial_meta_and_lora_runs_respect_the_frozen_blocks(
     compose_train_cfg, make_ag_news_dir, tmp_path, strategy, extra
 ):
     data = make_ag_news_dir(train_per_class=20, test_per_class=2)

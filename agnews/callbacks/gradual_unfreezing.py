@@ -77,13 +77,16 @@ class GradualUnfreezing(BaseFinetuning):
             return  # a second stage (validate/predict after fit) of the same trainer
         model = getattr(pl_module, "model", None)
         if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"callbacks=gradual_unfreezing needs a module with a .model; {type(pl_module).__name__} has none")
+            raise ConfigError(
+                f"callbacks=gradual_unfreezing needs a module with a .model; {type(pl_module).__name__} has none"
+            )
         depths = parameter_depths(model)
         self.top_depth = num_layers(model) + 1
         self.managed = {name: depths[name] for name, param in model.named_parameters() if param.requires_grad}
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        in_optimizer = {id(p) for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]}
+        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        in_optimizer = {id(p) for group in groups for p in group["params"]}
         params = dict(pl_module.model.named_parameters())
         missing = [name for name in self.managed if id(params[name]) not in in_optimizer]
         if missing:
@@ -99,7 +102,7 @@ class GradualUnfreezing(BaseFinetuning):
         self.finetune_function(pl_module, trainer.current_epoch, optimizer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        # A run resumed mid-epoch (or from an epoch-end checkpoint) skips on_train_epoch_start for that epoch; the
+        # A run resumed in the middle of an epoch skips on_train_epoch_start for that epoch; the
         # state for the epoch is applied before its first batch instead (a no-op when it is already in place).
         self.on_train_epoch_start(trainer, pl_module)
 

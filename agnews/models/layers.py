@@ -45,14 +45,19 @@ def model_config(model: torch.nn.Module):
     return config
 
 
-def num_layers(model: torch.nn.Module) -> int:
-    """Number of transformer blocks, from the config (``num_hidden_layers``; XLNet ``n_layer``)."""
-    config = model_config(model)
+def layer_count_key(config) -> str:
+    """The config attribute holding the number of blocks (``num_hidden_layers``; XLNet ``n_layer``)."""
     for key in LAYER_COUNT_KEYS:
         value = getattr(config, key, None)
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return key
     raise ConfigError(f"{type(config).__name__} has no layer count ({' / '.join(LAYER_COUNT_KEYS)})")
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    """Number of transformer blocks, from the model's config."""
+    config = model_config(model)
+    return getattr(config, layer_count_key(config))
 
 
 def parameter_depth(name: str, layers: int) -> int:

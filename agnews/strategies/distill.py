@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from agnews.errors import ConfigError, DataError
 from agnews.inference import Predictor, resolve_model_path
 from agnews.inference.predictor import load_model_dir
+from agnews.models.layers import layer_count_key
 from agnews.runs import BUNDLE_MANIFEST_FILE, MODEL_INFO_FILE, RunFormatError, read_json, read_predictions
 from agnews.strategies.base import ClassificationModule
 
@@ -46,13 +47,6 @@ PER_LAYER_CONFIG_KEYS = ("attention_window", "layer_types")
 
 
 # ---- student: a shallower copy of the encoder -------------------------------------------------------------------------
-def _layer_count_key(config) -> str:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(getattr(config, key, None), int):
-            return key
-    raise ConfigError(f"{type(config).__name__} has no layer count (num_hidden_layers / n_layer)")
-
-
 def select_layers(total: int, keep: int | Sequence[int]) -> list[int]:
     """Which encoder layers a student keeps: an int ``k`` keeps ``k`` evenly spaced layers starting at 0
     (6 -> 3 keeps 0, 2, 4: every other layer, as DistilBERT was initialised); a list keeps exactly those layers."""
@@ -74,7 +68,7 @@ def keep_encoder_layers(model: torch.nn.Module, keep: int | Sequence[int]) -> li
     """Cut a (pretrained) encoder down to some of its layers, in place, keeping their weights; the config follows, so
     ``save_pretrained`` writes a model that ``from_pretrained`` rebuilds with the same, smaller depth."""
     config = model.config
-    key = _layer_count_key(config)
+    key = layer_count_key(config)
     total = getattr(config, key)
     stacks = [
         (name, module)
