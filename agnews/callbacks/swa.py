@@ -1,0 +1,37 @@
+"""Stochastic Weight Averaging that averages the weights each epoch ENDS with (Izmailov et al., 2018).
+
+Lightning's ``StochasticWeightAveraging`` updates its average at the START of every epoch from ``swa_epoch_start`` on,
+so it averages the weights after epochs ``swa_epoch_start - 1 .. max_epochs - 1`` (1-based): the last epoch's
+training never enters the average and, with ``swa_epoch_start=1``, the untrained pretrained weights do. This subclass
+keeps Lightning's machinery (SWALR, the average model, weight transfer, checkpoint state) and moves the update to the
+last training batch of each epoch ``swa_epoch_start .. max_epochs``: before that epoch's validation and checkpoint, so
+a run resumed from an epoch-end checkpoint has the same average as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+
+class EpochEndSWA(StochasticWeightAveraging):
+    _skip_update = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # Lightning's hook sets up SWALR and the average model, then updates the average with the weights the epoch
+        # starts from: keep the set-up, skip that update.
+        self._skip_update = True
+        try:
+            super().on_train_epoch_start(trainer, pl_module)
+        finally:
+            self._skip_update = False
+
+    def update_parameters(self, average_model, model, n_averaged, avg_fn) -> None:  # type: ignore[override]
+        if not self._skip_update:
+            StochasticWeightAveraging.update_parameters(average_model, model, n_averaged, avg_fn)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        epoch = trainer.current_epoch
+        if last_batch and self._average_model is not None and self.swa_start <= epoch <= self.swa_end:
+            self.update_parameters(self._average_model, pl_module, self.n_averaged, self._avg_fn)
+            self._latest_update_epoch = epoch
