@@ -126,7 +126,8 @@ def test_each_depth_moves_by_its_own_learning_rate(compose_train_cfg, tmp_path):
 @pytest.mark.parametrize(
     "strategy, extra",
     [
-        ("standard", []), ("fgm", []), ("pgd", []), ("freelb", []), ("maml", []), ("reptile", []),
+        ("standard", []), ("fgm", []), ("pgd", []), ("freelb", []), ("maml", []), ("reptile", []), ("rdrop", []),
+        ("mixup", []),
         # the student is cut to 1 block after construction: depths are read when the optimizer is built
         ("distill", ["strategy.teacher=soft_labels.csv", "strategy.student_layers=1"]),
     ],
@@ -217,3 +218,19 @@ def test_unknown_layout_names_the_parameter():
 
     with pytest.raises(ConfigError, match="has no transformers config"):
         num_layers(Bare())
+
+
+@pytest.mark.parametrize("schedule", ["linear_warmup_decay", "constant_schedule", "cosine_with_restarts"])
+def test_every_schedule_keeps_the_layer_ratios(compose_train_cfg, schedule):
+    from agnews.strategies import optim
+
+    bundle, module = _tiny_module(compose_train_cfg, "minilm", "strategy.llrd=0.7", "strategy.scheduler=null")
+    optimizer = module.configure_optimizers()
+    scheduler = getattr(optim, schedule)(optimizer, total_steps=12)
+    assert len(scheduler.base_lrs) == len(optimizer.param_groups) == 8
+    for _ in range(12):
+        head = optimizer.param_groups[-1]["lr"]  # groups are sorted by depth: the head's come last
+        for group in optimizer.param_groups:
+            assert group["lr"] == pytest.approx(head * 0.7 ** (3 - group["depth"]), abs=1e-15)
+        optimizer.step()
+        scheduler.step()
