@@ -195,15 +195,11 @@ def _hidden_of(args, kwargs):
     return (value[0] if isinstance(value, tuple) else value).detach().clone()
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_mixup_hidden_mixes_exactly_the_output_of_block_layer(build_tiny, name):
-    """Block ``layer`` computes what it computes without mixing; the next block receives λ·h + (1−λ)·h[π]."""
-    bundle = build_tiny(name)
-    batch = make_batch(bundle)
+def check_hidden_mix(bundle, batch, batch_dim: int) -> None:
+    """Block 0 computes what it computes without mixing; block 1 receives λ·h + (1−λ)·h[π] of block 0's output h."""
     module = mixup(bundle.model, mix_on="hidden", layer=0)
     model = module.model.eval()
     _, blocks = transformer_blocks(model)
-    batch_dim = 1 if name == "xlnet" else 0  # XLNet's hidden states are (length, batch, dim)
     seen = {"out": [], "next_in": [], "logits": []}
     handles = [
         blocks[0].register_forward_hook(lambda m, a, out: seen["out"].append(_hidden_of((out,), {}))),
@@ -232,6 +228,29 @@ def test_mixup_hidden_mixes_exactly_the_output_of_block_layer(build_tiny, name):
     # The hooks are gone: a plain forward is the clean one again.
     with torch.no_grad():
         torch.testing.assert_close(module(batch), seen["logits"][0])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_mixup_hidden_mixes_exactly_the_output_of_block_layer(build_tiny, name):
+    bundle = build_tiny(name)
+    check_hidden_mix(bundle, make_batch(bundle), batch_dim=1 if name == "xlnet" else 0)  # XLNet: (length, batch, dim)
+
+
+def test_mixup_hidden_finds_the_batch_dimension_when_length_equals_batch_size(build_tiny):
+    bundle = build_tiny("xlnet")
+    batch = make_batch(bundle, max_length=len(TEXTS))
+    assert batch["input_ids"].shape == (len(TEXTS), len(TEXTS))
+    check_hidden_mix(bundle, batch, batch_dim=1)
+
+
+def test_mixup_hidden_with_prompt_tuning_on_xlnet(build_tiny):
+    """Prompt tuning embeds the ids batch-major and hands XLNet inputs_embeds: the block layout still decides."""
+    from omegaconf import OmegaConf
+
+    from agnews.models.peft import apply_peft
+
+    bundle = apply_peft(build_tiny("xlnet"), OmegaConf.load(CONF_DIR / "peft" / "prompt.yaml"))
+    check_hidden_mix(bundle, make_batch(bundle), batch_dim=1)
 
 
 @pytest.mark.parametrize("name, options", [

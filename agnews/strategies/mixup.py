@@ -41,9 +41,9 @@ def transformer_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList
 class BatchMixer:
     """While active, a forward hook replaces the output h of ``target`` (a block) by λ·h + (1−λ)·h[π] along the batch.
 
-    The batch dimension is found at the input embeddings: most models embed ids of shape (batch, length), XLNet embeds
-    (length, batch) and keeps that layout in its blocks. Block outputs may be a tensor or a tuple whose first element
-    is the hidden states.
+    The batch dimension is the one of dim 0/1 whose size is the batch size (XLNet's blocks are time-major: (length,
+    batch, dim)); when the length equals the batch size, the layout of the token ids at the input embeddings decides
+    (XLNet embeds (length, batch)). Block outputs may be a tensor or a tuple whose first element is the hidden states.
     """
 
     def __init__(self, model, target: torch.nn.Module, input_ids: torch.Tensor, lam: float, perm: torch.Tensor):
@@ -84,11 +84,13 @@ class BatchMixer:
         self.calls += 1
         hidden = output[0] if isinstance(output, tuple) else output
         batch = self.perm.numel()
-        if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 or hidden.shape[self.batch_dim] != batch:
+        dims = [d for d in (0, 1) if isinstance(hidden, torch.Tensor) and hidden.dim() >= 2 and hidden.shape[d] == batch]
+        if not dims:
             shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
-            raise RuntimeError(f"mixup: {type(module).__name__} produced {shape}, expected {batch} examples on dim "
-                               f"{self.batch_dim}")
-        partner = hidden.index_select(self.batch_dim, self.perm.to(hidden.device))
+            raise RuntimeError(f"mixup: {type(module).__name__} produced {shape}, not hidden states of {batch} examples")
+        # Only a length equal to the batch size is ambiguous; then the layout seen at the embeddings decides.
+        batch_dim = dims[0] if len(dims) == 1 else self.batch_dim
+        partner = hidden.index_select(batch_dim, self.perm.to(hidden.device))
         mixed = self.lam * hidden + (1.0 - self.lam) * partner
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
