@@ -330,3 +330,25 @@ def test_train_on_the_command_line_with_eda(tmp_path, data):
     assert "agnews.data.augment.EDA" in config
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
+def test_augmentation_composes_with_a_curriculum_sampler(compose_train_cfg, tokenizer, data):
+    """data/curriculum=length orders the batches, data/augment=eda edits them: the loader yields the curriculum's
+    batches with edited ids, and the curriculum reports itself."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train_cfg([
+        f"data.data_dir={data}", "data.source=csv", "data.val_size=12", "data.max_length=32", "data.batch_size=8",
+        "data/augment=eda", "data.augment.prob=1.0", "data/curriculum=length", "trainer.max_epochs=2",
+    ])
+    dm = instantiate(cfg.data, tokenizer=tokenizer)
+    dm.setup()
+    loader = dm.train_dataloader()
+    sampler = loader.batch_sampler.batch_sampler  # the curriculum's, behind the epoch tagging
+    assert type(sampler).__name__ == "LengthCurriculum" and dm.report["curriculum"]
+    sampler.set_epoch(0)
+    expected = [list(batch) for batch in sampler]
+    got = batches(loader)
+    assert [indices for indices, _ in got] == expected
+    cached = dm.datasets["train"]
+    assert sum(ids != cached[i]["input_ids"].tolist() for indices, rows in got for i, ids in zip(indices, rows)) > 0
