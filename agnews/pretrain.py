@@ -10,6 +10,7 @@ fast). A multirun job that fails is recorded like ``agnews.train``'s (``error.tx
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -37,9 +38,16 @@ def _objective(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:
+    from agnews.errors import AGNewsError
     from agnews.train import _run_job
 
-    return _run_job(cfg, _objective)
+    try:
+        return _run_job(cfg, _objective)
+    except AGNewsError as error:  # a single run (a multirun job records its failure and the sweep goes on)
+        # A problem the user can fix (bad config, data, model): the message, not a traceback.
+        log.error("%s", error)
+        print(f"agnews.pretrain: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ class MaskedLanguageModeling(L.LightningModule):
         self.log("val/mlm_loss", loss, prog_bar=True, sync_dist=True)
         self._val_sum, self._val_count = 0.0, 0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # As ClassificationModule: Lightning refuses to clip for fused optimizers under any mixed precision (a guard for
+        # fp16's GradScaler); without a scaler (bf16, fp32) the gradients are unscaled, so clip them here.
+        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay, self.no_decay))
         if self.scheduler_factory is None:
