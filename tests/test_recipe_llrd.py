@@ -234,3 +234,10 @@ def test_every_schedule_keeps_the_layer_ratios(compose_train_cfg, schedule):
             assert group["lr"] == pytest.approx(head * 0.7 ** (3 - group["depth"]), abs=1e-15)
         optimizer.step()
         scheduler.step()
+
+
+def test_trainable_parameters_outside_the_model_are_refused(compose_train_cfg):
+    _, module = _tiny_module(compose_train_cfg, "minilm", "strategy.llrd=0.9", "strategy.scheduler=null")
+    module.projection = torch.nn.Linear(2, 2)  # a strategy's own module: no depth in the encoder
+    with pytest.raises(ConfigError, match=r"outside the model have no depth: \['projection.weight'"):
+        module.configure_optimizers()

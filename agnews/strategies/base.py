@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from agnews.errors import ConfigError
 from agnews.models.layers import num_layers
 
 from agnews.strategies.optim import (
@@ -122,6 +123,9 @@ class ClassificationModule(L.LightningModule):
             optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay, self.no_decay))
         else:
             # Depths are read now, not in __init__: distillation's student_layers cuts the stack after construction.
+            outside = [n for n, p in self.named_parameters() if p.requires_grad and not n.startswith("model.")]
+            if outside:  # e.g. a strategy's own trainable module: it has no depth, and must not be dropped silently
+                raise ConfigError(f"strategy.llrd: trainable parameters outside the model have no depth: {outside[:3]}")
             optimizer = self.optimizer_factory(layerwise_parameter_groups(self.model, self.weight_decay, self.no_decay))
             apply_layerwise_lr(optimizer, self.llrd, top_depth=num_layers(self.model) + 1)
         if self.scheduler_factory is None:
