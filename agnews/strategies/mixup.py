@@ -84,10 +84,12 @@ class BatchMixer:
         self.calls += 1
         hidden = output[0] if isinstance(output, tuple) else output
         batch = self.perm.numel()
-        dims = [d for d in (0, 1) if isinstance(hidden, torch.Tensor) and hidden.dim() >= 2 and hidden.shape[d] == batch]
+        tensor = isinstance(hidden, torch.Tensor) and hidden.dim() >= 2
+        dims = [d for d in (0, 1) if tensor and hidden.shape[d] == batch]
         if not dims:
             shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
-            raise RuntimeError(f"mixup: {type(module).__name__} produced {shape}, not hidden states of {batch} examples")
+            raise RuntimeError(f"mixup: {type(module).__name__} produced {shape}, not the hidden states of {batch} "
+                               "examples")
         # Only a length equal to the batch size is ambiguous; then the layout seen at the embeddings decides.
         batch_dim = dims[0] if len(dims) == 1 else self.batch_dim
         partner = hidden.index_select(batch_dim, self.perm.to(hidden.device))
