@@ -154,6 +154,45 @@ def test_short_texts_score_as_without_windows_and_long_texts_export_to_onnx(
         assert np.abs(torch_logits[0] - logits(plain, LONG[:1], 16)[0]).max() > 1e-3
 
 
+def test_export_model_saves_and_load_classifier_restores_the_hierarchical_pooling(compose_train_cfg, tmp_path):
+    from agnews.artifacts import export_model
+    from agnews.models.exported import load_classifier
+    from agnews.models.long_input import WEIGHTS_FILE
+
+    _, windowed = tiny_bundles(compose_train_cfg, "xlnet", "hierarchical", "mean")
+    with torch.no_grad():  # a trained-looking attention layer, not its initial weights
+        windowed.model.pool.score.weight.normal_(0, 2.0)
+    windowed.model.eval()
+    model_dir = export_model(windowed, tmp_path, max_length=64)
+    assert (model_dir / WEIGHTS_FILE).is_file() and (model_dir / "config.json").is_file()
+    loaded = load_classifier(model_dir)
+    assert isinstance(loaded.model, LongInputClassifier) and loaded.max_length == 64
+    assert loaded.model.settings == windowed.model.settings
+    loaded_bundle = type(windowed)(loaded.model, loaded.tokenizer, "xlnet", "x", LABELS)
+    np.testing.assert_allclose(logits(loaded_bundle, LONG, 64), logits(windowed, LONG, 64), atol=1e-5)
+
+    (model_dir / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_FILE):
+        load_classifier(model_dir)
+
+
+def test_lora_on_a_windowed_model_exports_merged_weights_the_predictor_windows_again(tmp_path, make_ag_news_dir):
+    from agnews.data.run_splits import load_run_split
+    from agnews.inference import Predictor
+    from agnews.runs import load_run
+
+    run = load_run(train_run(tmp_path / "run", [
+        *TINY, *small_data_overrides(make_ag_news_dir(10, 3)), "data.val_size=8", "trainer.max_epochs=1", "peft=lora",
+        "model.long_input=sliding_window", "model.long_input_options.window=16", "model.long_input_options.stride=4",
+        "data.max_length=64",
+    ]))
+    assert not (run.path / "model" / "adapter_config.json").exists()  # LoRA merged into plain weights
+    predictor = Predictor.from_path(run.path)
+    assert isinstance(predictor.model.backend.model, LongInputClassifier)
+    test = load_run_split(run, "test")
+    np.testing.assert_allclose(predictor.predict_proba(test.texts), run.predictions("test").probs, atol=1e-5, rtol=0)
+
+
 # ---- clear errors --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("overrides", "message"),
