@@ -352,3 +352,18 @@ def test_augmentation_composes_with_a_curriculum_sampler(compose_train_cfg, toke
     assert [indices for indices, _ in got] == expected
     cached = dm.datasets["train"]
     assert sum(ids != cached[i]["input_ids"].tolist() for indices, rows in got for i, ids in zip(indices, rows)) > 0
+
+
+@pytest.mark.slow
+def test_a_run_with_eda_killed_mid_epoch_resumes_exactly(tmp_path, make_ag_news_dir):
+    """The SIGKILL resume test of test_resume_exact with data/augment=eda: the resumed run redraws the killed run's
+    edits, so it ends with the uninterrupted run's metrics and test probabilities (about 2 minutes)."""
+    from tests.test_resume_exact import _kill_resume_compare
+
+    data = make_ag_news_dir(train_per_class=60, test_per_class=8)  # 200 train rows: 13 batches of 16 per epoch
+    common = [
+        *TINY, *small_data_overrides(data), "trainer.max_epochs=2", "trainer.deterministic=true", "torch_threads=1",
+        "seed=7", "strategy.optimizer.lr=5e-3", "callbacks.progress_log=null", "data/augment=eda",
+        "data.augment.prob=1.0", "callbacks.model_checkpoint.last_every_n_train_steps=4",
+    ]
+    _kill_resume_compare(tmp_path, common, steps_per_epoch=13, epochs=2, kill_after_step=8, slow_seconds=0.5)
