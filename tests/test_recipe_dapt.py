@@ -256,3 +256,37 @@ def test_cli_pretrains_a_tiny_model_and_train_fine_tunes_from_it(tmp_path):
     assert bad.returncode == 1
     assert "agnews.pretrain: error: pretrain.val_texts=500 leaves no text to train on" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("model_type", "extra", "head"),
+    [
+        ("bert", {}, "BertOnlyMLMHead"),
+        ("roberta", {}, "RobertaLMHead"),
+        ("deberta-v2", {}, "OnlyMLMHead"),
+        ("longformer", {"attention_window": 8}, "LongformerLMHead"),
+        ("electra", {"embedding_size": 32}, None),  # two head modules: the model's own forward
+    ],
+)
+def test_the_masked_positions_only_loss_is_the_models_own(model_type, extra, head):
+    """The module applies the vocabulary head to masked positions only; the loss must be the model's own."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from agnews.pretraining.module import MaskedLanguageModeling, masked_lm_head
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, vocab_size=500, max_position_embeddings=128, **extra)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    found = masked_lm_head(model)
+    assert (found is None) if head is None else head in type(found).__name__
+    module = MaskedLanguageModeling(model, optimizer=None).eval()
+    ids = torch.randint(5, 500, (3, 16))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        loss, masked = module.loss(batch)
+        expected = model(**batch).loss
+    assert masked == 18
+    assert torch.allclose(loss, expected, atol=1e-5)
