@@ -2,7 +2,9 @@
 
 Depth of a parameter, for every supported architecture (BERT/MiniLM, RoBERTa, DeBERTa-v2/v3, ELECTRA, XLNet,
 Longformer), also under a PEFT wrapper (``base_model.model.`` prefixes, LoRA/IA3 adapters inside a block, the
-``modules_to_save`` copies of the head):
+``modules_to_save`` copies of the head), and inside the ``model.long_input`` wrapper
+(:class:`agnews.models.long_input.LongInputClassifier`: its encoder under ``model.``, its hierarchical pooling under
+``pool.``; both under PEFT too):
 
 * ``0``: the input embeddings: token, position and token-type embeddings and their LayerNorm, ELECTRA's
   ``embeddings_project``, XLNet's ``word_embedding`` and ``mask_emb``, a prompt/prefix-tuning ``prompt_encoder``, and
@@ -11,7 +13,8 @@ Longformer), also under a PEFT wrapper (``base_model.model.`` prefixes, LoRA/IA3
   table every block reads), so they get the same depth instead of the head's LR;
 * ``i + 1``: transformer block ``i`` (``encoder.layer.i``; XLNet ``transformer.layer.i``);
 * ``num_layers + 1``: everything above the last block: the pooler (BERT, DeBERTa), the classifier, XLNet's
-  ``sequence_summary`` and ``logits_proj``.
+  ``sequence_summary`` and ``logits_proj``; and the long-input wrapper's attention pooling (``pool.``), which sits
+  between the last block and the head (it pools the windows' summary vectors that the head then classifies).
 
 A name matching none of these raises a ConfigError naming it: an unknown layout must not silently get the head's LR
 (or never be frozen).
@@ -36,9 +39,21 @@ _HEAD = re.compile(r"^(?:classifier|pooler|sequence_summary|logits_proj|\w+\.poo
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` without its PeftModel wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_long_input(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or the model under its PEFT wrapper) is the ``model.long_input`` windowing wrapper."""
+    from agnews.models.long_input import LongInputClassifier
+
+    return isinstance(base_model(model), LongInputClassifier)
+
+
 def model_config(model: torch.nn.Module):
     """The transformers config of ``model`` (a PeftModel forwards to its base model)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     config = getattr(base, "config", None)
     if config is None:
         raise ConfigError(f"{type(model).__name__} has no transformers config: its layer count is unknown")
@@ -60,9 +75,15 @@ def num_layers(model: torch.nn.Module) -> int:
     return getattr(config, layer_count_key(config))
 
 
-def parameter_depth(name: str, layers: int) -> int:
-    """Depth of parameter ``name`` (as ``model.named_parameters()`` gives it) in a model with ``layers`` blocks."""
+def parameter_depth(name: str, layers: int, long_input: bool = False) -> int:
+    """Depth of parameter ``name`` (as ``model.named_parameters()`` gives it) in a model with ``layers`` blocks;
+    ``long_input``: the model is (a PEFT wrapper around) a ``LongInputClassifier``."""
     bare = _PEFT_PREFIX.sub("", name)
+    if long_input:
+        # The wrapper holds the transformers model as ``model`` and, in hierarchical mode, its pooling as ``pool``.
+        if bare.startswith("pool."):
+            return layers + 1
+        bare = bare.removeprefix("model.")
     block = _BLOCK.match(bare)
     if block:
         index = int(block.group(1))
@@ -82,4 +103,5 @@ def parameter_depth(name: str, layers: int) -> int:
 def parameter_depths(model: torch.nn.Module) -> dict[str, int]:
     """``{name: depth}`` for every parameter of ``model`` (trainable or not); depths run 0 .. num_layers(model) + 1."""
     layers = num_layers(model)
-    return {name: parameter_depth(name, layers) for name, _ in model.named_parameters()}
+    wrapped = is_long_input(model)
+    return {name: parameter_depth(name, layers, wrapped) for name, _ in model.named_parameters()}

@@ -7,6 +7,10 @@ be merged, so the adapter is exported (``save_pretrained``: adapter_config.json 
 ``model/base/``, the frozen base weights with the trained head (:func:`agnews.models.exported.load_classifier` reads
 both). See docs/strategies.md.
 
+With ``model.long_input`` the PeftModel wraps the windowing wrapper: LoRA and IA3 adapt the encoder every window runs
+through (and train the hierarchical mode's pooling layer with the head); prefix and prompt tuning are refused, since
+peft would add the virtual tokens to the padded row rather than to each window.
+
 Prefix tuning on transformers 5: the encoders take their key/value cache as ``cache`` (``past_key_values`` is a
 deprecated alias), and peft 0.21's prefix path checks the forward signature for ``past_key_values`` and refuses.
 :class:`PrefixTuningForSequenceClassification` passes the prefix under the name the encoder declares; a probe forward
@@ -22,6 +26,7 @@ from typing import Any, Mapping
 
 from agnews.errors import ConfigError
 from agnews.models.factory import ClassifierBundle, _plain
+from agnews.models.layers import is_long_input
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,9 @@ HEAD_MODULES = {
     "deberta": ["pooler", "classifier"],
     "xlnet": ["sequence_summary", "logits_proj"],
 }
+
+# model.long_input=hierarchical: the wrapper's pooling layers (agnews.models.long_input.AttentionPool).
+WINDOW_POOL_MODULES = ("pool.project", "pool.score")
 
 
 def _per_family(value: Any, family: str, key: str) -> Any:
@@ -95,10 +103,22 @@ def apply_peft(bundle: ClassifierBundle, cfg: Mapping[str, Any] | None) -> Class
             f"peft={method} cannot be used with model={bundle.family}: virtual tokens are prepended to the input, "
             "and peft does not extend Longformer's global_attention_mask to them. Use peft=lora or peft=ia3."
         )
+    if method in PROMPT_METHODS and is_long_input(bundle.model):
+        # The wrapper cuts each padded row into windows inside its forward; peft would put the virtual tokens (and
+        # their attention-mask entries) on the padded row only, never on the windows the encoder actually reads.
+        raise ConfigError(
+            f"peft={method} cannot be used with model.long_input={bundle.model.settings.mode}: the virtual tokens "
+            "would be added to the padded row, not to each window the encoder reads. Use peft=lora or peft=ia3 "
+            "with model.long_input, or model.long_input=null with peft=prompt|prefix."
+        )
     if method == "prompt" and "token_dim" not in settings:
         # Virtual tokens join the word embeddings: their width is the embedding's (ELECTRA's is not hidden_size).
         settings["token_dim"] = bundle.model.get_input_embeddings().embedding_dim
     config = _build_config(method, settings, bundle.family, model_type)
+    if is_long_input(bundle.model) and bundle.model.settings.mode == "hierarchical":
+        # The windows' attention pooling is a new, randomly initialised layer under the head: it trains with it (peft
+        # would otherwise freeze it; its SEQ_CLS default "score" catches only half of it).
+        config.modules_to_save = sorted({*(config.modules_to_save or []), *WINDOW_POOL_MODULES})
     try:
         model = wrap_peft_model(bundle.model, config)
     except (ValueError, KeyError, AttributeError, TypeError) as exc:

@@ -13,6 +13,12 @@ backpropagates has exactly the method's accumulated gradient, and ``trainer.grad
 ``accumulate_grad_batches`` (the loss is divided before that one backward), precision plugins and DDP (one backward,
 every trainable parameter reached once) behave as for standard fine-tuning. The value of the returned loss is the
 method's objective, so ``train/loss`` is meaningful.
+
+With ``model.long_input`` (:class:`agnews.models.long_input.LongInputClassifier`) the encoder embeds the windows cut
+from each row, not the padded row: δ has the windows' shape (windows, window length, dim), is zero on each window's
+padding, and "per example" means per window (the unit the encoder reads), so ε bounds each window's perturbation and
+a token shared by two overlapping windows is perturbed independently in each. A text that fits one window is
+perturbed exactly as without the wrapper.
 """
 
 from __future__ import annotations
@@ -129,6 +135,19 @@ class EmbeddingPerturbation:
                 "step; adversarial training needs one embedding call of a fixed shape per forward"
             )
         return output + delta.to(output.dtype)
+
+
+def embedded_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """``(input_ids, attention_mask)`` of what the input-embedding module embeds in one forward: the batch itself, or
+    for a ``model.long_input`` wrapper the windows it cuts from the batch (the same deterministic cut its forward makes).
+    """
+    from agnews.models.layers import base_model, is_long_input
+    from agnews.models.long_input import make_windows
+
+    if not is_long_input(model):
+        return input_ids, attention_mask
+    windows = make_windows(base_model(model).settings, input_ids, attention_mask)
+    return windows.inputs["input_ids"], windows.inputs["attention_mask"]
 
 
 def gradient_carrier(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
@@ -262,9 +281,10 @@ class AdversarialTraining(ClassificationModule):
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(batch["input_ids"])
+        ids, mask = embedded_inputs(self.model, batch["input_ids"], mask)
         if self.trace is not None:
             self.trace.clear()
-        with EmbeddingPerturbation(self.model, mask, self.initial_delta, batch.get("input_ids")) as perturbation:
+        with EmbeddingPerturbation(self.model, mask, self.initial_delta, ids) as perturbation:
             loss, logs = self.adversarial_objective(batch, perturbation)
         size = batch["labels"].numel()
         logs["train/delta_norm"] = per_example_norm(perturbation.delta.detach(), self.norm).mean()
