@@ -9,16 +9,19 @@ the loader logs which weights are new.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from agnews.errors import ConfigError, ModelLoadError
+from agnews.hub import describe_unreachable, hub_offline, offline_mode, unreachable_reason
 from agnews.models.factory import (
     OFFLINE_OPTIONS,
     _plain,
     check_local_directory,
+    in_hub_cache,
     offline_tokenizer,
     resolve_pretrained,
 )
@@ -71,7 +74,7 @@ def load_masked_lm(
     attn_implementation: str | None = None,
     **_: Any,  # the classifier-only options of the model group (global_attention_first_token, size, label_names)
 ) -> MaskedLMBundle:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig
 
     overrides = dict(_plain(config_overrides) or {})
     if tiny:
@@ -89,17 +92,44 @@ def load_masked_lm(
     location = resolve_pretrained(pretrained)
     check_local_directory(pretrained, location)
     local = Path(location).expanduser().is_dir()
-    options = {"revision": revision, "local_files_only": local}
+    offline = local or _hub_cache_only(pretrained, location, revision)
+    options = {"revision": revision, "local_files_only": offline}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **options)
-        config = AutoConfig.from_pretrained(location, **options, **overrides)
-        if attn_implementation:
-            config._attn_implementation = attn_implementation
-        model, info = _masked_lm_class(config).from_pretrained(
-            location, config=config, output_loading_info=True, **options
-        )
+        with offline_mode() if offline else contextlib.nullcontext():
+            return _load(pretrained, location, family, padding_side, options, overrides, attn_implementation)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model.pretrained={pretrained!r} as a masked LM: {exc}\n{OFFLINE_OPTIONS}") from exc
+
+
+def _hub_cache_only(pretrained: str, location: str, revision: str | None) -> bool:
+    """As the classifier loader decides: whether a hub model must come from the local cache (offline mode, or the hub
+    unreachable: asking it would retry for ~24 s), with a clear error when it is not cached."""
+    if hub_offline():
+        if not in_hub_cache(location, revision):
+            raise ModelLoadError(
+                f"Could not load model.pretrained={pretrained!r}: offline mode is on (HF_HUB_OFFLINE=1) and the model "
+                f"is not in the local Hugging Face cache.\n{OFFLINE_OPTIONS}"
+            )
+        return True
+    reason = unreachable_reason()
+    if reason is None:
+        return False
+    if not in_hub_cache(location, revision):
+        raise ModelLoadError(
+            f"Could not load model.pretrained={pretrained!r}: {describe_unreachable(reason)} and the model is not in "
+            f"the local Hugging Face cache.\n{OFFLINE_OPTIONS}"
+        )
+    return True
+
+
+def _load(pretrained, location, family, padding_side, options, overrides, attn_implementation) -> MaskedLMBundle:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, **options)
+    config = AutoConfig.from_pretrained(location, **options, **overrides)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    model, info = _masked_lm_class(config).from_pretrained(location, config=config, output_loading_info=True, **options)
     new = sorted(info["missing_keys"])
     if new:
         log.warning("The checkpoint has no masked-LM head: newly initialised %s", ", ".join(new))

@@ -61,6 +61,11 @@ def pretrain(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
 
     bundle = instantiate(cfg.model)
+    model_limit = getattr(bundle.tokenizer, "model_max_length", None)
+    if model_limit and model_limit < 1_000_000 and cfg.data.max_length > model_limit:
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} exceeds what {bundle.source} accepts ({model_limit} tokens)"
+        )
     options = cfg.pretrain
     datamodule = instantiate(
         options.data,
