@@ -1,21 +1,25 @@
 """Recipes combined with long inputs (``model.long_input``): layer-wise LR decay and gradual unfreezing see the right
 depths inside the windowing wrapper (its pooling with the head), adversarial training perturbs the embeddings of the
 windows the encoder reads (exactly as without the wrapper for a text that fits one window), LoRA/IA3 train the
-hierarchical pooling with the head, and prompt/prefix tuning on windows is refused upfront."""
+hierarchical pooling with the head, and prompt/prefix tuning on windows is refused upfront. And gradual unfreezing
+composed with SWA: blocks stay frozen until their epoch and the average is still the mean of the epoch-end weights."""
 
 from __future__ import annotations
+
+import json
 
 import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from agnews.errors import ConfigError
-from agnews.models.layers import num_layers, parameter_depths
+from agnews.models.layers import num_layers, parameter_depth, parameter_depths
 from agnews.models.long_input import LongInputClassifier, make_windows
 from agnews.models.peft import apply_peft
-from tests.conftest import CONF_DIR, LABELS, synthetic_rows
+from tests.conftest import CONF_DIR, LABELS, TINY, small_data_overrides, synthetic_rows, train_run
 from tests.test_adversarial import TEXTS, _loader, check_defining_behaviour, make_batch, make_module
 
 WINDOW = ["model.long_input_options.window=16", "model.long_input_options.stride=4"]
@@ -199,3 +203,39 @@ def test_lora_and_ia3_on_hierarchical_windows_train_and_export_the_pooling(compo
     with torch.no_grad():
         got = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- gradual unfreezing with SWA -------------------------------------------------------------------------------------
+def test_gradual_unfreezing_with_swa_averages_epoch_ends_and_keeps_frozen_blocks_frozen(tmp_path, make_ag_news_dir):
+    from tests.test_recipe_gradual_unfreezing import EpochChanges
+    from tests.test_recipe_swa_snapshot import EpochWeights, _max_difference, _weights
+
+    weights, changes = tmp_path / "weights", tmp_path / "changes.json"
+    run = train_run(tmp_path / "run", [
+        *TINY, *small_data_overrides(make_ag_news_dir(train_per_class=30, test_per_class=2)), "trainer.max_epochs=4",
+        "strategy.optimizer.lr=2e-2", "callbacks=[gradual_unfreezing,swa]", "callbacks.swa.swa_lrs=0.01",
+        "callbacks.swa.swa_epoch_start=2",
+        f"+callbacks.capture._target_={EpochWeights.__module__}.EpochWeights", f"+callbacks.capture.folder={weights}",
+        f"+callbacks.changes._target_={EpochChanges.__module__}.EpochChanges", f"+callbacks.changes.path={changes}",
+    ])
+    # The unfreezing schedule ran under SWA (tiny model: embeddings 0, blocks 1-2, head 3), and fit restored it.
+    record = json.loads(changes.read_text())
+    expected = [[3], [2, 3], [1, 2, 3], [0, 1, 2, 3]]
+    assert [r["changed"] for r in record["epochs"]] == [r["trainable"] for r in record["epochs"]] == expected
+    assert record["all_trainable_after_fit"]
+
+    epoch_end = [_weights(weights / f"epoch{e}.pt") for e in range(4)]
+    final = _weights(weights / "fit_end.pt")
+    # SWA: the mean of the weights epochs 2..4 (1-based) end with, frozen-then-unfrozen blocks included.
+    average = {k: sum(w[k].double() for w in epoch_end[1:]) / 3 for k in final}
+    assert _max_difference(average, final) < 1e-6
+    assert _max_difference(epoch_end[3], final) > 1e-3
+    # A block is bit-for-bit unchanged until its epoch (depth d first trains in epoch 3 - d, 0-based).
+    for name in final:
+        if not final[name].is_floating_point() or "position_ids" in name:
+            continue
+        first = 3 - parameter_depth(name, 2)
+        for epoch in range(1, first):
+            assert torch.equal(epoch_end[epoch][name], epoch_end[0][name]), (name, epoch)
+    exported = load_file(run / "model" / "model.safetensors")
+    assert _max_difference({k: exported[k] for k in final}, final) == 0.0
