@@ -228,6 +228,8 @@ def test_bad_inputs_are_clear_errors(tmp_path, compose_train_cfg, monkeypatch):
 
     with pytest.raises(ConfigError, match="ckpt_path"):
         pretrain(compose_pretrain(tmp_path / "r1", [*TINY, *small_data_overrides(data), "ckpt_path=/some/last.ckpt"]))
+    with pytest.raises(ConfigError, match="stages=.* chains runs from python -m agnews.train"):
+        pretrain(compose_pretrain(tmp_path / "r3", [*TINY, *small_data_overrides(data), "stages=[mlm,full]"]))
     with pytest.raises(ConfigError, match="data.max_length=4096 exceeds"):
         pretrain(compose_pretrain(tmp_path / "r2", [*TINY, *small_data_overrides(data), "data.max_length=4096"]))
 

@@ -39,6 +39,9 @@ def pretrain(cfg: DictConfig) -> dict:
     import lightning as L
 
     logging.getLogger("lightning.pytorch").handlers.clear()  # as in agnews.pipeline: no doubled Lightning messages
+    if cfg.get("stages"):
+        raise ConfigError("stages=[...] chains runs from python -m agnews.train (an mlm stage runs this job); "
+                          "python -m agnews.pretrain runs one pre-training job")
     if cfg.get("ckpt_path"):
         raise ConfigError(
             "ckpt_path: a pre-training run keeps no Lightning checkpoints to resume from; start it again "
