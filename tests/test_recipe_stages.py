@@ -112,6 +112,20 @@ def test_the_mlm_stage_adapts_the_encoder_the_next_stage_loads(compose_train_cfg
     assert any(not torch.equal(fresh[k], mlm_w[k]) for k in shared)
 
 
+def test_the_documented_chain_mlm_curriculum_full(compose_train_cfg, tmp_path, data):
+    """The issue's example: the curriculum stage runs data/curriculum=length (its report reaches the stage's manifest
+    through the pipeline's data section) from the adapted encoder; the full stage then trains on from it."""
+    top, _ = chain(compose_train_cfg, tmp_path, data, "[mlm,curriculum,full]")
+    record = json.loads((top / "stages.json").read_text())["stages"]
+    assert [(s["name"], s["status"]) for s in record] == [
+        ("mlm", "finished"), ("curriculum", "finished"), ("full", "finished")]
+    curriculum = load_run(top / "stages" / "2-curriculum")
+    assert curriculum.manifest["data"]["curriculum"]["difficulty"] == "length"
+    assert curriculum.config["model"]["pretrained"] == str(top / "stages" / "1-mlm")
+    assert load_run(top).config["model"]["pretrained"] == str(top / "stages" / "2-curriculum")
+    assert "curriculum" not in load_run(top).manifest["data"]  # the full stage: the plain sampler
+
+
 def test_a_failing_stage_fails_the_run_and_says_which(compose_train_cfg, tmp_path, data):
     with pytest.raises(StageFailed, match=r"stage 2/3 'broken' \(train\) failed: ConfigError: data.max_length=4096") as info:
         chain(compose_train_cfg, tmp_path, data,
