@@ -100,7 +100,8 @@ def test_synonym_replacement_uses_the_lexicon(tmp_path):
     for output in outputs:
         changed = [(a, b) for a, b in zip(TEXT.split(), output.split()) if a != b]
         assert 1 <= len(changed) <= 3  # max(1, int(0.3 * 13)) = 3, limited to the 3 words with synonyms
-        assert all(b in {"rally": ["surge", "rebound"], "fall": ["drop"], "investors": ["backers"]}[a] for a, b in changed)
+        synonyms = {"rally": ["surge", "rebound"], "fall": ["drop"], "investors": ["backers"]}
+        assert all(b in synonyms[a] for a, b in changed)
     assert any("surge" in o for o in outputs) and any("drop" in o for o in outputs)
 
 
@@ -175,7 +176,7 @@ def test_bad_cutoff_settings_are_config_errors(tokenizer):
     TokenCutoff(replace="drop").bind(NoMask())  # dropping needs no mask token
 
 
-# ---- the data module: only training batches, seeded, resumable ---------------------------------------------------------
+# ---- the data module: only training batches, seeded, resumable -------------------------------------------------------
 @pytest.mark.parametrize("make", [lambda: EDA(prob=1.0), lambda: TokenCutoff(ratio=0.2)], ids=["eda", "cutoff"])
 def test_training_batches_are_augmented_reproducibly_and_evaluation_data_untouched(tokenizer, data, tmp_path, make):
     plain = build(tokenizer, data, tmp_path)
@@ -284,7 +285,7 @@ def test_a_real_trainer_resumed_from_a_checkpoint_sees_the_uninterrupted_runs_au
     assert set(resumed) == {1} and resumed[1] == full[1]
 
 
-# ---- configuration -------------------------------------------------------------------------------------------------------
+# ---- configuration ---------------------------------------------------------------------------------------------------
 def test_the_config_groups_build_the_augmenters(compose_train_cfg, tokenizer, data):
     from hydra.utils import instantiate
 
@@ -311,6 +312,7 @@ def test_a_dotted_group_choice_is_a_config_error_naming_the_slash_form(compose_t
         AGNewsDataModule(tokenizer, curriculum="length")
     with pytest.raises(ConfigError, match=r"must come from its config group"):
         AGNewsDataModule(tokenizer, augment=3)
+    assert AGNewsDataModule(tokenizer, augment={}, curriculum={}).augment is None  # an empty group node is "off"
 
 
 def test_train_on_the_command_line_with_eda(tmp_path, data):

@@ -125,7 +125,7 @@ def test_make_splits_gives_the_rows_left_out_of_training_and_validation(data):
     assert "rest" not in make_splits(raw["train"], raw["test"], 20, 40, 0)
 
 
-# ---- with a real tiny teacher run --------------------------------------------------------------------------------------
+# ---- with a real tiny teacher run ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("balance", [True, False])
 def test_the_training_split_gains_the_kept_rows_with_teacher_labels_and_an_exact_report(
     tokenizer, data, tmp_path, tiny_teacher, balance
@@ -206,7 +206,7 @@ def test_a_pseudo_labelled_run_trains_through_the_pipeline(tmp_path, data, tiny_
     assert report["pool"] == 100 and report["threshold"] == 0.26
 
 
-# ---- errors -----------------------------------------------------------------------------------------------------------
+# ---- errors ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("threshold", [0, 1, 1.5, -0.2, "high", True])
 def test_a_threshold_outside_zero_one_is_refused(threshold):
     with pytest.raises(ConfigError, match=r"data.pseudo_label.threshold must lie in \(0, 1\)"):
@@ -262,10 +262,11 @@ def test_the_config_node_builds_the_labeler_and_null_teacher_is_off(compose_trai
         tokenizer=tokenizer,
     )
     assert (on.pseudo_label.teacher, on.pseudo_label.threshold, on.pseudo_label.balance) == ("/some/run", 0.8, True)
-    assert instantiate(compose_train_cfg([*base, "data.pseudo_label=null"]).data, tokenizer=tokenizer).pseudo_label is None
+    off_entirely = instantiate(compose_train_cfg([*base, "data.pseudo_label=null"]).data, tokenizer=tokenizer)
+    assert off_entirely.pseudo_label is None
 
 
-# ---- the real pretrained MiniLM as teacher, on real rows it never saw ---------------------------------------------------
+# ---- the real pretrained MiniLM as teacher, on real rows it never saw ------------------------------------------------
 def test_the_real_minilm_teacher_labels_unseen_real_rows(tokenizer, tmp_path, real_minilm_run, shared_data_dir):
     """The session's real MiniLM run trained on the first 600 shared train rows; its pool here is rows 600-999."""
     folder = tmp_path / "real"

@@ -15,15 +15,15 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
+from agnews.data.augment import AugmentedDataset, EpochTaggedBatchSampler
 from agnews.data.batching import (
     DynamicPaddingCollator,
     LengthGroupedBatchSampler,
     SortedEvalBatchSampler,
     TokenizedDataset,
 )
-from agnews.data.sources import AG_NEWS_LABELS, HUB_DATASET, Split, load_source
-from agnews.data.augment import AugmentedDataset, EpochTaggedBatchSampler
 from agnews.data.pseudo_label import PseudoLabeler, join_splits
+from agnews.data.sources import AG_NEWS_LABELS, HUB_DATASET, Split, load_source
 from agnews.data.splits import make_splits
 from agnews.data.tokenization import tokenize_texts
 from agnews.errors import ConfigError

@@ -146,8 +146,8 @@ class PseudoLabeler:
         if report["pool_rows_in_teacher_training"]:
             log.warning(
                 "Pseudo-labelling: the teacher trained on %d of the %d pool rows (their labels are not a fair test of "
-                "it); train the teacher with this run's data settings and seed", report["pool_rows_in_teacher_training"],
-                len(pool),
+                "it); train the teacher with this run's data settings and seed",
+                report["pool_rows_in_teacher_training"], len(pool),
             )
         if len(kept) == 0:
             rule = " and balance=true keeps the smallest class's count" if self.balance else ""
