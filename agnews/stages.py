@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from agnews import resolvers, runs  # noqa: F401  (resolvers: ${agnews.*} in the stage configs)
-from agnews.runs.format import STAGES_DIR, STAGES_FILE
+from agnews.runs import STAGES_DIR, STAGES_FILE
 from agnews.errors import AGNewsError, ConfigError
 
 log = logging.getLogger(__name__)

@@ -199,3 +199,35 @@ def test_bad_snapshot_settings_are_config_errors(options, message):
 
     with pytest.raises(ConfigError, match=message):
         SnapshotEnsemble(**{"num_cycles": 3, "max_length": 32, **options})
+
+
+class GroupLearningRates(Callback):
+    """Writes every parameter group's learning rate at each epoch's first batch (after SWALR has set them)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            rates = [group["lr"] for group in trainer.optimizers[0].param_groups]
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"epoch": trainer.current_epoch, "lrs": rates}) + "\n")
+
+
+def test_swa_keeps_the_layer_wise_decay_of_the_learning_rates(tmp_path, tiny_data):
+    # One swa_lrs for every group would flatten strategy.llrd: the averaging phase keeps each depth's ratio.
+    log = tmp_path / "lrs.jsonl"
+    train_run(
+        tmp_path / "run",
+        [
+            *TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=3", "strategy.llrd=0.5",
+            "callbacks=swa", "callbacks.swa.swa_lrs=0.01", "callbacks.swa.swa_epoch_start=2",
+            f"+callbacks.rates._target_={__name__}.GroupLearningRates", f"+callbacks.rates.path={log}",
+        ],
+    )
+    epochs = [json.loads(line) for line in log.read_text().splitlines()]
+    swa_rates = epochs[-1]["lrs"]  # epoch 3: annealing done, constant swa_lrs
+    assert max(swa_rates) == pytest.approx(0.01)
+    # The tiny model has 2 blocks: depths 0..3, two groups (decay / no decay) per depth, the head at the full rate.
+    distinct = sorted(set(round(rate, 12) for rate in swa_rates))
+    assert distinct == pytest.approx([0.01 * 0.5**k for k in (3, 2, 1, 0)])

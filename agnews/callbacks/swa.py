@@ -17,6 +17,14 @@ class EpochEndSWA(StochasticWeightAveraging):
     _skip_update = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if not self._initialized and isinstance(self._swa_lrs, float) and trainer.optimizers:
+            # One swa_lrs for every group would flatten layer-wise LR decay (strategy.llrd): keep each group's ratio
+            # to the largest base learning rate (equal base rates give Lightning's own single value).
+            groups = trainer.optimizers[0].param_groups
+            base = [group.get("initial_lr", group["lr"]) for group in groups]
+            top = max(base)
+            if top > 0:
+                self._swa_lrs = [self._swa_lrs * rate / top for rate in base]
         # Lightning's hook sets up SWALR and the average model, then updates the average with the weights the epoch
         # starts from: keep the set-up, skip that update.
         self._skip_update = True

@@ -13,6 +13,7 @@ A run directory (written by ``agnews.train``, ``agnews.baseline`` and ``agnews.e
     export/                     ONNX / INT8 / TensorRT exports (``agnews.export``): export.json + *.onnx
     bundle/                     an ensemble's self-contained serving bundle (``agnews.ensemble``): manifest.json
     error.txt / pruned.txt      a multirun job that failed / was pruned (no run.json then)
+    stages.json, stages/        a multi-stage run (stages=[...]): every stage's record; the earlier stages' runs
 
 Nothing else in the project spells these names: producers and readers import the constants and use :func:`load_run`.
 This package imports neither torch, Hydra nor Lightning: serving reads runs through it. See docs/runs.md.
@@ -35,6 +36,8 @@ from agnews.runs.format import (
     OVERRIDES_FILE,
     PREDICTIONS_DIR,
     PRUNED_FILE,
+    STAGES_DIR,
+    STAGES_FILE,
     predictions_path,
     sha256_file,
     write_json,
@@ -60,6 +63,8 @@ __all__ = [
     "OVERRIDES_FILE",
     "PREDICTIONS_DIR",
     "PRUNED_FILE",
+    "STAGES_DIR",
+    "STAGES_FILE",
     "Predictions",
     "RunDir",
     "RunFormatError",

@@ -159,6 +159,11 @@ class RunDir:
         """``model/``, or a clear error saying why there is none."""
         if self.has_model:
             return self.model_dir
+        if self.manifest.get("task") == "pretrain":
+            raise RunFormatError(
+                f"{self.path}: a domain-adaptive pre-training run (a masked-LM encoder, not a classifier); fine-tune "
+                f"from it with `python -m agnews.train model.pretrained={self.path}`"
+            )
         if not self.model_dir.is_dir():
             raise RunFormatError(
                 f"{self.path}: the run exported no model (no {MODEL_DIR}/; train with scoring.export_model=true)"
