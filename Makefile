@@ -6,7 +6,7 @@ VENV ?= .venv
 # The CPU wheel of torch 2.13.0 is what this project is developed against; a newer, unpinned torch
 # would pull a multi-GB CUDA build. On a GPU machine: make TORCH_SPEC="torch==2.13.0" (CUDA wheel from PyPI).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble,serve,report
+EXTRAS ?= dev,peft,sweeps,wandb,slurm,export,ensemble,serve,report,augment
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(EXTRAS)
 

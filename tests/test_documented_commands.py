@@ -150,6 +150,11 @@ COMMANDS: dict[str, Plan] = {
     "python -m agnews.train experiment=quickstart logger=[csv,wandb] tags=[baseline,minilm]": Plan(CFG),
     "python -m agnews.train model=roberta trainer=gpu logger=wandb logger.wandb.project=agnews-roberta "
     "logger.wandb.entity=my-team logger.wandb.log_exported_model=true": Plan(CFG),
+    # ---- README.md: training recipes
+    "python -m agnews.train experiment=quickstart model.pretrained=outputs/pretrain/runs/<run> strategy.llrd=0.8 "
+    "callbacks=swa": Plan(CFG),
+    "python -m agnews.train experiment=quickstart strategy=rdrop data/augment=eda": Plan(CFG),
+    "python -m agnews.train -m experiment=recipe_budget strategy=rdrop seed=1,2,3": Plan(SWEEP),
     # ---- docs/recipes.md
     'python -m agnews.pretrain experiment=quickstart trainer.max_steps=500': Plan(CFG),
     'python -m agnews.train experiment=quickstart model.pretrained=outputs/pretrain/runs/<run>': Plan(CFG),
