@@ -216,13 +216,13 @@ def test_bad_inputs_are_clear_errors(tmp_path, compose_train_cfg, monkeypatch):
 
     data = garbage_test_folder(tmp_path / "data")
     train = read_ag_news_csv(data / "train.csv", "train")
-    with pytest.raises(ConfigError, match="pretrain.val_texts=120 leaves no text"):
+    with pytest.raises(ConfigError, match="pretrain.data.val_texts=120 leaves no text"):
         pretraining_texts(train, 40, None, 120, 42)
-    with pytest.raises(ConfigError, match="pretrain.max_texts"):
+    with pytest.raises(ConfigError, match="pretrain.data.max_texts"):
         pretraining_texts(train, 40, -3, 10, 42)
     from agnews.pretraining.data import MaskedLMDataModule
 
-    with pytest.raises(ConfigError, match="mlm_probability"):
+    with pytest.raises(ConfigError, match="pretrain.data.mlm_probability"):
         MaskedLMDataModule(None, {}, 1.5, None, 10, 0)
     from agnews.pretraining.run import pretrain
 
@@ -254,7 +254,7 @@ def test_cli_pretrains_a_tiny_model_and_train_fine_tunes_from_it(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert bad.returncode == 1
-    assert "agnews.pretrain: error: pretrain.val_texts=500 leaves no text to train on" in bad.stderr
+    assert "agnews.pretrain: error: pretrain.data.val_texts=500 leaves no text to train on" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

@@ -260,3 +260,16 @@ class TeacherLossCurriculum(CurriculumBatchSampler):
         super().__init__(
             losses, lengths, batch_size, seed=seed, difficulty_name="teacher_loss", teacher=str(teacher), **options
         )
+
+
+def refuse_with_pseudo_labels(curriculum) -> None:
+    """``data/curriculum=teacher_loss`` ranks rows by the teacher run's stored train predictions; pseudo-labelled rows
+    come from the unlabelled pool, which that run never scored, so the combination cannot rank them."""
+    func = getattr(curriculum, "func", curriculum)  # data.curriculum is a Hydra partial
+    if isinstance(func, type) and issubclass(func, TeacherLossCurriculum):
+        raise ConfigError(
+            "data/curriculum=teacher_loss with data.pseudo_label.teacher is unsupported: the curriculum teacher scored "
+            "only its own training rows, not the pseudo-labelled pool rows this run adds to training. Use "
+            "data/curriculum=length with pseudo-labelling, or turn pseudo-labelling off "
+            "(data.pseudo_label.teacher=null)"
+        )

@@ -22,6 +22,7 @@ from agnews.data.batching import (
     SortedEvalBatchSampler,
     TokenizedDataset,
 )
+from agnews.data.curriculum import refuse_with_pseudo_labels
 from agnews.data.pseudo_label import PseudoLabeler, join_splits
 from agnews.data.sources import AG_NEWS_LABELS, HUB_DATASET, Split, load_source
 from agnews.data.splits import make_splits
@@ -110,6 +111,8 @@ class AGNewsDataModule(L.LightningDataModule):
                 f"data.pseudo_label must be built by Hydra from conf/data/ag_news.yaml (a PseudoLabeler), got "
                 f"{type(pseudo_label).__name__} {pseudo_label!r}"
             )
+        if pseudo_label is not None and pseudo_label.enabled and curriculum is not None:
+            refuse_with_pseudo_labels(curriculum)
         for name, value, minimum in (
             ("max_length", max_length, 1),
             ("batch_size", batch_size, 1),

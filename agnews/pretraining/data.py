@@ -3,7 +3,9 @@
 The texts are the training rows a classifier run with the same ``data`` config trains on *plus* its unlabelled rest:
 every row of ``train.csv`` (or the hub's train split) outside that run's validation split (``data.val_size``, same
 seed), so model selection of a later fine-tuning run stays on texts no stage has seen. ``data.train_size`` (the
-labelled subset) is ignored: pre-training on unlabelled text is the point. The test split is never read.
+labelled subset) is ignored: pre-training on unlabelled text is the point. The test split's texts are never used; from a
+CSV folder ``test.csv`` is not even opened, while the hub loader loads the dataset whole (the manifest's
+``test_split_read`` says which happened).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def load_train_split(source: str, data_dir: str | None, num_labels: int, on_bad_rows: str = "fail",
                      hub_dataset: str = "fancyzhx/ag_news", hub_revision: str | None = None) -> Split:
-    """The ``train`` split alone (for a CSV folder, ``test.csv`` is not opened)."""
+    """The ``train`` split alone (for a CSV folder, ``test.csv`` is not opened; the hub loads both splits)."""
     if resolve_source(source, data_dir) == "csv":
         folder = data_dir or os.environ.get(DATA_DIR_ENV)
         if not folder:
@@ -45,13 +47,13 @@ def pretraining_texts(train: Split, val_size, max_texts, mlm_val_size, seed: int
         raise ConfigError(f"data.val_size={val_size} takes every training row; no text is left to pre-train on")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pool))
-    cap = _count(max_texts, len(pool), "pretrain.max_texts")
+    cap = _count(max_texts, len(pool), "pretrain.data.max_texts")
     if cap is not None:
         order = order[: min(cap, len(pool))]
-    held = _count(mlm_val_size, len(order), "pretrain.val_texts")
+    held = _count(mlm_val_size, len(order), "pretrain.data.val_texts")
     if held is None or held >= len(order):
         raise ConfigError(
-            f"pretrain.val_texts={mlm_val_size} leaves no text to train on ({len(order)} texts in the pool)"
+            f"pretrain.data.val_texts={mlm_val_size} leaves no text to train on ({len(order)} texts in the pool)"
         )
     return pool.subset(sorted(order[held:]), "train"), pool.subset(sorted(order[:held]), "mlm_val")
 
@@ -79,7 +81,7 @@ class MaskedLMDataModule(L.LightningDataModule):
                  cache_dir: str | None = None):
         super().__init__()
         if not 0.0 < float(mlm_probability) < 1.0:
-            raise ConfigError(f"pretrain.mlm_probability must lie in (0, 1), got {mlm_probability!r}")
+            raise ConfigError(f"pretrain.data.mlm_probability must lie in (0, 1), got {mlm_probability!r}")
         self.tokenizer = tokenizer
         self.data = data
         self.mlm_probability = float(mlm_probability)
@@ -89,6 +91,7 @@ class MaskedLMDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.splits: dict[str, Split] = {}
         self.bad_rows = 0
+        self.test_split_read = False  # set by setup: only a CSV folder's train split can be read alone
         self._val_batches: list[dict] | None = None
 
     def _collator(self, seed: int):
@@ -107,6 +110,7 @@ class MaskedLMDataModule(L.LightningDataModule):
                                  data.get("on_bad_rows", "fail"), data.get("hub_dataset", "fancyzhx/ag_news"),
                                  data.get("hub_revision"))
         self.bad_rows = len(train.bad_rows)
+        self.test_split_read = resolve_source(data["source"], data.get("data_dir")) != "csv"
         fit, held = pretraining_texts(train, data["val_size"], self.max_texts, self.val_texts, self.seed)
         self.splits = {"train": fit, "val": held}
         cache = Path(self.cache_dir) if self.cache_dir else None
@@ -144,5 +148,5 @@ class MaskedLMDataModule(L.LightningDataModule):
             "sizes": {"train": len(self.splits["train"]), "mlm_val": len(self.splits["val"])},
             "bad_rows": {"train": self.bad_rows},
             "mlm_probability": self.mlm_probability,
-            "test_split_read": False,
+            "test_split_read": self.test_split_read,
         }

@@ -19,14 +19,25 @@ from agnews.pipeline import _instantiate_group
 log = logging.getLogger(__name__)
 
 TASK = "pretrain"
-# Classifier callbacks that have nothing to watch in a masked-LM run (they monitor val/accuracy).
-CLASSIFIER_CALLBACKS = ("model_checkpoint", "early_stopping")
+# Callbacks a masked-LM run keeps: they only watch the loop. The default group's classifier callbacks (checkpointing
+# and early stopping on val/accuracy) have nothing to watch here and are dropped; any other callback (swa,
+# gradual_unfreezing, snapshot_ensemble, ...) acts on a classifier and is refused rather than run on the encoder.
+PRETRAIN_CALLBACKS = ("lr_monitor", "progress_bar", "progress_log")
+DROPPED_CALLBACKS = ("model_checkpoint", "early_stopping")
 
 
 def _callbacks(group: DictConfig | None) -> list:
     if not group:
         return []
-    return _instantiate_group(DictConfig({k: v for k, v in group.items() if k not in CLASSIFIER_CALLBACKS}))
+    known = (*PRETRAIN_CALLBACKS, *DROPPED_CALLBACKS)
+    refused = sorted(name for name, node in group.items() if node is not None and name not in known)
+    if refused:
+        raise ConfigError(
+            f"callbacks {refused}: a masked-LM pre-training run keeps only {list(PRETRAIN_CALLBACKS)} (the others act "
+            "on a classifier). With stages=[...], the command's overrides reach every stage: put the callback in the "
+            "train stage's own overrides, e.g. \"stages=[mlm,{name:full,overrides:['callbacks=swa']}]\""
+        )
+    return _instantiate_group(DictConfig({k: v for k, v in group.items() if k in PRETRAIN_CALLBACKS}))
 
 
 def _validate(trainer, module, datamodule) -> float:
@@ -47,6 +58,7 @@ def pretrain(cfg: DictConfig) -> dict:
             "ckpt_path: a pre-training run keeps no Lightning checkpoints to resume from; start it again "
             "(trainer.max_steps bounds its cost)"
         )
+    callbacks = _callbacks(cfg.get("callbacks"))  # before any work: a refused callback fails at once
     started_at = datetime.now(timezone.utc).isoformat()
     clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -89,7 +101,7 @@ def pretrain(cfg: DictConfig) -> dict:
 
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=_callbacks(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=_instantiate_group(cfg.get("logger")) or False,
         default_root_dir=str(output_dir),
         enable_checkpointing=False,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from agnews.errors import ConfigError
+from agnews.models.layers import is_long_input
 from agnews.strategies.base import ClassificationModule
 
 MIX_ON = ("embeddings", "hidden")
@@ -106,6 +107,12 @@ class Mixup(ClassificationModule):
             raise ConfigError(f"strategy=mixup: strategy.alpha (of Beta(alpha, alpha)) must be >= 0, got {alpha!r}")
         if mix_on not in MIX_ON:
             raise ConfigError(f"strategy=mixup: strategy.mix_on must be one of {list(MIX_ON)}, got {mix_on!r}")
+        if is_long_input(self.model):
+            # The windowing wrapper needs token ids (it ignores inputs_embeds) and runs its blocks once per window.
+            raise ConfigError(
+                f"strategy=mixup with model.long_input: mixup (mix_on={mix_on}) cannot mix inside the long-input "
+                "windowing wrapper; use model.long_input=null with strategy=mixup, or another strategy"
+            )
         self.alpha = float(alpha)
         self.mix_on = mix_on
         self.layer = layer
