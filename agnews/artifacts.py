@@ -6,7 +6,10 @@ lives in :mod:`agnews.runs`; see docs/runs.md.
 
 from __future__ import annotations
 
+import logging
 import platform
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -52,3 +55,36 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+class PhaseTimer:
+    """Wall seconds per phase of a job (``lap("fit")`` closes the phase that ran since the previous lap) and the job's
+    UTC start, for the run manifest's ``timings_s`` / ``started_at``."""
+
+    def __init__(self) -> None:
+        self.started_at = datetime.now(timezone.utc).isoformat()
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._clock, 3)
+        self._clock = now
+
+
+def prepare_job(cfg) -> Path:
+    """What every training-side job does first: one copy of Lightning's log lines, the output folder, torch's thread
+    count and the seeds. Returns the output folder."""
+    import lightning as L
+
+    # Lightning installs its own console handler; under Hydra (which configures the root logger: console + run log
+    # file) that prints every Lightning message twice. Let its records flow to the root handlers only.
+    logging.getLogger("lightning.pytorch").handlers.clear()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True)
+    return output_dir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -42,27 +41,9 @@ def train(cfg: DictConfig, manifest_extra: Callable[[dict], dict] | None = None)
     there), called just before the manifest is written."""
     import lightning as L
 
-    # Lightning installs its own console handler; under Hydra (which configures the root logger: console + run log
-    # file) that prints every Lightning message twice. Let its records flow to the root handlers only.
-    logging.getLogger("lightning.pytorch").handlers.clear()
-
-    timings: dict[str, float] = {}
-    started_at = datetime.now(timezone.utc).isoformat()
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    L.seed_everything(cfg.seed, workers=True)
+    timer = artifacts.PhaseTimer()
+    timings, lap, started_at = timer.timings, timer.lap, timer.started_at
+    output_dir = artifacts.prepare_job(cfg)
 
     label_names = list(cfg.data.label_names)
     bundle = instantiate(cfg.model, label_names=label_names)

@@ -231,3 +231,26 @@ def test_swa_keeps_the_layer_wise_decay_of_the_learning_rates(tmp_path, tiny_dat
     # The tiny model has 2 blocks: depths 0..3, two groups (decay / no decay) per depth, the head at the full rate.
     distinct = sorted(set(round(rate, 12) for rate in swa_rates))
     assert distinct == pytest.approx([0.01 * 0.5**k for k in (3, 2, 1, 0)])
+
+
+def test_swa_refuses_a_run_that_would_average_no_epoch(tmp_path, tiny_data):
+    # Lightning would copy its untouched average (the pretrained weights) back into the model: refused up front.
+    with pytest.raises(ConfigError, match="no epoch would be averaged"):
+        train_run(tmp_path / "run", [*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=1", "callbacks=swa",
+                                     "callbacks.swa.swa_epoch_start=2"])
+
+
+def test_swa_resumed_mid_epoch_ends_with_the_uninterrupted_average(tmp_path, tiny_data):
+    # A mid-epoch resume skips on_train_epoch_start, where SWALR and the average are set up.
+    mid = tmp_path / "mid"
+    base = [*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=4", "strategy.optimizer.lr=2e-2",
+            "callbacks=swa", "callbacks.swa.swa_lrs=0.01", "callbacks.swa.swa_epoch_start=2"]
+    full = train_run(tmp_path / "full", [
+        *base, "+callbacks.mid._target_=lightning.pytorch.callbacks.ModelCheckpoint", f"+callbacks.mid.dirpath={mid}",
+        "+callbacks.mid.every_n_train_steps=12", "+callbacks.mid.save_top_k=-1", "+callbacks.mid.filename='step{step}'",
+    ])
+    [checkpoint] = mid.glob("*step=12*.ckpt")  # 5 steps an epoch: step 12 is inside epoch 3, after averaging began
+    resumed = train_run(tmp_path / "resumed", [*base, f"ckpt_path='{checkpoint}'"])
+    expected = load_file(full / runs.MODEL_DIR / "model.safetensors")
+    got = load_file(resumed / runs.MODEL_DIR / "model.safetensors")
+    assert _max_difference(expected, got) < 1e-6

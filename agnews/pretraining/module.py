@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from agnews.strategies.optim import DEFAULT_NO_DECAY, parameter_groups
+from agnews.strategies.optim import DEFAULT_NO_DECAY, clip_unscaled_gradients, parameter_groups
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 IGNORE_INDEX = -100  # DataCollatorForLanguageModeling's label for tokens that are not predicted
@@ -68,16 +68,8 @@ class MaskedLanguageModeling(L.LightningModule):
         self._val_sum, self._val_count = 0.0, 0
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # As ClassificationModule: Lightning refuses to clip for fused optimizers under any mixed precision (a guard for
-        # fp16's GradScaler); without a scaler (bf16, fp32) the gradients are unscaled, so clip them here.
-        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not clip_unscaled_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay, self.no_decay))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,7 +48,6 @@ def pretrain(cfg: DictConfig) -> dict:
     """Run one masked-LM job; returns the metrics written to the run's ``metrics.json``."""
     import lightning as L
 
-    logging.getLogger("lightning.pytorch").handlers.clear()  # as in agnews.pipeline: no doubled Lightning messages
     if cfg.get("stages"):
         raise ConfigError("stages=[...] chains runs from python -m agnews.train (an mlm stage runs this job); "
                           "python -m agnews.pretrain runs one pre-training job")
@@ -59,21 +57,9 @@ def pretrain(cfg: DictConfig) -> dict:
             "(trainer.max_steps bounds its cost)"
         )
     callbacks = _callbacks(cfg.get("callbacks"))  # before any work: a refused callback fails at once
-    started_at = datetime.now(timezone.utc).isoformat()
-    clock = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    L.seed_everything(cfg.seed, workers=True)
+    timer = artifacts.PhaseTimer()
+    timings, lap, started_at = timer.timings, timer.lap, timer.started_at
+    output_dir = artifacts.prepare_job(cfg)
 
     bundle = instantiate(cfg.model)
     model_limit = getattr(bundle.tokenizer, "model_max_length", None)

@@ -20,6 +20,7 @@ from agnews.strategies.optim import (
     DEFAULT_NO_DECAY,
     apply_layerwise_lr,
     check_llrd,
+    clip_unscaled_gradients,
     layerwise_parameter_groups,
     parameter_groups,
 )
@@ -84,16 +85,8 @@ class ClassificationModule(L.LightningModule):
         torch.manual_seed(hash((self.seed, self.current_epoch, batch_idx)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # Lightning refuses to clip for fused optimizers under any mixed precision, a guard for fp16's GradScaler (the
-        # fused step unscales internally). Without a scaler (bf16, fp32) gradients are unscaled: clip them here.
-        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not clip_unscaled_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -72,6 +72,21 @@ def apply_layerwise_lr(optimizer: torch.optim.Optimizer, llrd: float, top_depth:
         group["lr"] = base_lr * llrd ** (top_depth - group["depth"])
 
 
+def clip_unscaled_gradients(trainer, optimizer, gradient_clip_val, gradient_clip_algorithm) -> bool:
+    """Clip the gradients here when no GradScaler is in play; False leaves it to Lightning.
+
+    Lightning refuses to clip for fused optimizers under any mixed precision, a guard for fp16's GradScaler (the fused
+    step unscales internally). Without a scaler (bf16, fp32) gradients are unscaled and can be clipped as they are."""
+    if not gradient_clip_val or getattr(trainer.precision_plugin, "scaler", None) is not None:
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if gradient_clip_algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+    return True
+
+
 def linear_warmup_decay(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
