@@ -89,6 +89,21 @@ def shared_data_dir() -> Path:
 
 
 @pytest.fixture
+def build_tiny(compose_train_cfg):
+    """``build_tiny("xlnet")`` -> the bundle of model=<name> model.tiny=true, seeded, as the pipeline builds it."""
+
+    def build(name: str, *overrides: str):
+        import torch
+        from hydra.utils import instantiate
+
+        cfg = compose_train_cfg([f"model={name}", "model.tiny=true", *overrides])
+        torch.manual_seed(0)
+        return instantiate(cfg.model, label_names=list(LABELS))
+
+    return build
+
+
+@pytest.fixture
 def compose_train_cfg(tmp_path):
     """Compose ``conf/train.yaml`` with overrides, as ``python -m agnews.train`` would, with outputs in tmp_path."""
     from hydra import compose, initialize_config_dir

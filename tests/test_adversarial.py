@@ -15,7 +15,6 @@ import json
 import lightning as L
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from agnews.data.batching import DynamicPaddingCollator
 from agnews.errors import ConfigError
@@ -32,16 +31,6 @@ TEXTS = [
     "Researchers unveil wireless chip",
     "The minister met the president before the election to discuss the treaty and refugees",
 ]
-
-
-@pytest.fixture
-def build_tiny(compose_train_cfg):
-    def build(name: str, *overrides: str):
-        cfg = compose_train_cfg([f"model={name}", "model.tiny=true", *overrides])
-        torch.manual_seed(0)
-        return instantiate(cfg.model, label_names=list(LABELS))
-
-    return build
 
 
 def make_batch(bundle, texts=TEXTS) -> dict:

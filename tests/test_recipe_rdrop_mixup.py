@@ -40,16 +40,6 @@ TEXTS = [
 OPTIMIZER = functools.partial(torch.optim.AdamW, lr=1e-3)
 
 
-@pytest.fixture
-def build_tiny(compose_train_cfg):
-    def build(name: str, *overrides: str):
-        cfg = compose_train_cfg([f"model={name}", "model.tiny=true", *overrides])
-        torch.manual_seed(0)
-        return instantiate(cfg.model, label_names=list(LABELS))
-
-    return build
-
-
 def make_batch(bundle, texts=TEXTS, max_length: int = 64) -> dict:
     ids = [bundle.tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in texts]
     collator = DynamicPaddingCollator(
