@@ -349,6 +349,19 @@ def test_confident_mistakes_order_and_shape_errors():
         confident_mistakes([0, 1], probs, ["a", "b"])
 
 
+def test_the_wandb_table_and_the_report_rank_mistakes_alike_ties_included():
+    import numpy as np
+
+    from agnews.evaluation.error_analysis import error_analysis
+    from agnews.tracking.evaluation import confident_mistakes
+
+    probs = np.array([[0.7, 0.3], [0.3, 0.7], [0.7, 0.3], [0.9, 0.1], [0.3, 0.7]])
+    labels, ids, texts = [1, 0, 1, 1, 1], ["e", "d", "c", "b", "a"], list("01234")
+    table = [row[0] for row in confident_mistakes(labels, probs, ["a", "b"], texts, ids)]
+    report = [m["id"] for m in error_analysis(ids, labels, probs, texts, ["a", "b"])["most_confident_mistakes"]]
+    assert table == report == ["b", "c", "d", "e"]  # 0.9 first, then the three 0.7 ties by id
+
+
 def test_evaluate_cli_logs_the_report_with_wandb_enabled(tmp_path, tiny_run_factory, wandb_env):
     """python -m agnews.evaluate ... wandb.enabled=true: the written report also lands in an offline W&B run."""
     run_dir = tiny_run_factory("minilm")

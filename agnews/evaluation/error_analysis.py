@@ -26,15 +26,26 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def mistakes_by_confidence(labels, probs, ids=None) -> list[int]:
+    """Positions of the wrong predictions, most confident first; ties by id (by position without ids), so the order
+    is stable. The one ranking of mistakes: the report and the W&B tables both use it."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"probs must be (examples, classes) matching {len(labels)} labels, got {probs.shape}")
+    confidence = probs.max(axis=1)
+    wrong = np.flatnonzero(probs.argmax(axis=1) != labels).tolist()
+    return sorted(wrong, key=lambda i: (-confidence[i], ids[i] if ids is not None else i))
+
+
 def error_analysis(ids, labels, probs, texts, label_names, empty_title: dict | None = None, k: int = 10,
                    top_confusions: int = 5, examples_per_confusion: int = 3) -> dict:
+    order = mistakes_by_confidence(labels, probs, ids)
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     wrong = np.flatnonzero(preds != labels)
-    # Most confident first; ties by id for a stable order.
-    order = sorted(wrong.tolist(), key=lambda i: (-confidence[i], ids[i]))
     mistakes = [
         {"id": ids[i], "gold": label_names[labels[i]], "pred": label_names[preds[i]],
          "confidence": float(confidence[i]), "gold_prob": float(probs[i, labels[i]]), "text": texts[i]}

@@ -46,24 +46,21 @@ def confident_mistakes(
     ids: Sequence[str] | None = None,
     k: int = 20,
 ) -> list[list]:
-    """Rows of :data:`MISTAKE_COLUMNS` for the ``k`` wrong predictions with the highest confidence (ties: by
-    position)."""
+    """Rows of :data:`MISTAKE_COLUMNS` for the ``k`` wrong predictions with the highest confidence, in the report's
+    order (:func:`agnews.evaluation.error_analysis.mistakes_by_confidence`)."""
     import numpy as np
 
+    from agnews.evaluation.error_analysis import mistakes_by_confidence
+
+    order = mistakes_by_confidence(labels, probs, ids)[:k]
     probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    if probs.ndim != 2 or len(probs) != len(labels):
-        raise ValueError(f"probs must be (examples, classes) matching {len(labels)} labels, got {probs.shape}")
-    preds = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    wrong = np.flatnonzero(preds != labels)
-    order = wrong[np.argsort(-conf[wrong], kind="stable")][:k]
     rows = []
     for i in order:
-        text = texts[i] if texts is not None else ""
+        gold, predicted = int(labels[i]), int(probs[i].argmax())
         rows.append([
-            str(ids[i]) if ids is not None else str(i), label_names[labels[i]], label_names[preds[i]],
-            round(float(conf[i]), 6), round(float(probs[i, labels[i]]), 6), text[:TEXT_CHARS],
+            str(ids[i]) if ids is not None else str(i), label_names[gold], label_names[predicted],
+            round(float(probs[i, predicted]), 6), round(float(probs[i, gold]), 6),
+            (texts[i] if texts is not None else "")[:TEXT_CHARS],
         ])
     return rows
 
