@@ -159,6 +159,32 @@ def test_snapshots_are_finished_runs_that_the_ensemble_command_combines(tmp_path
     assert probs.shape == (4, 4)
 
 
+def test_a_resumed_snapshot_run_brings_the_earlier_snapshots_along_and_matches_the_uninterrupted_run(tmp_path,
+                                                                                                     tiny_data):
+    mid = tmp_path / "mid"
+    base = [*TINY, *small_data_overrides(tiny_data), "trainer.max_epochs=3", "strategy.optimizer.lr=2e-2", *SNAPSHOT]
+    full = train_run(tmp_path / "full", [
+        *base, "+callbacks.mid._target_=lightning.pytorch.callbacks.ModelCheckpoint", f"+callbacks.mid.dirpath={mid}",
+        "+callbacks.mid.every_n_train_steps=7", "+callbacks.mid.save_top_k=-1", "+callbacks.mid.filename='step{step}'",
+    ])
+    [checkpoint] = mid.glob("*step=7*.ckpt")  # after snapshot 0 (step 5), before snapshot 1 (step 10)
+    resumed = train_run(tmp_path / "resumed", [*base, f"ckpt_path='{checkpoint}'"])
+    for k in range(3):
+        expected = load_file(full / "snapshots" / str(k) / runs.MODEL_DIR / "model.safetensors")
+        got = load_file(resumed / "snapshots" / str(k) / runs.MODEL_DIR / "model.safetensors")
+        assert _max_difference(expected, got) < 1e-6, k
+        manifest = runs.load_run(resumed / "snapshots" / str(k)).manifest
+        assert manifest["global_step"] == 5 * (k + 1) and manifest["snapshot"]["complete"]
+        assert runs.read_predictions(runs.predictions_path(resumed / "snapshots" / str(k), "val")).ids
+    # The snapshot exported before the checkpoint is gone: refused before any training, naming it.
+    import shutil
+
+    shutil.rmtree(full / "snapshots" / "0")
+    with pytest.raises(ConfigError, match="snapshot 0 was exported to .* but its model is gone"):
+        train_run(tmp_path / "again", [*base, f"ckpt_path='{checkpoint}'"])
+    assert not (tmp_path / "again" / "snapshots").exists()
+
+
 def test_snapshot_ensemble_without_the_cyclic_schedule_is_refused(compose_train_cfg, tmp_path, tiny_data):
     from hydra.errors import InstantiationException
 

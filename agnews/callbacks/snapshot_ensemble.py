@@ -113,6 +113,7 @@ class SnapshotEnsemble(Callback):
             )
         self.ends = cycle_ends(total, self.num_cycles, warmup)
         self._check_schedule(trainer, self.ends)
+        self._check_earlier_snapshots(trainer)
         log.info("Snapshot ensemble: %d cycles over %d steps, snapshots after steps %s and at the end", self.num_cycles,
                  total, self.ends)
 
@@ -133,6 +134,19 @@ class SnapshotEnsemble(Callback):
         wrong = [end for end in ends if not (factor(end) > 0.99 and factor(end) > 2 * factor(end - 1))]
         if wrong:
             raise ConfigError(f"{hint}; its learning rate does not restart after steps {wrong}")
+
+    def _check_earlier_snapshots(self, trainer) -> None:
+        """A run resumed into a new directory brings the snapshots exported before the interruption along at the end:
+        they must still exist, which is checked now rather than after the training is done."""
+        from agnews import runs
+
+        for index, info in sorted(self.saved.items()):
+            source = Path(info["dir"]) / runs.MODEL_DIR
+            if trainer.is_global_zero and not (source / runs.MODEL_INFO_FILE).is_file():
+                raise ConfigError(
+                    f"snapshot {index} was exported to {info['dir']} before this resumed run's checkpoint, but its "
+                    f"model is gone; restore that folder or resume from a checkpoint before step {info['step']}"
+                )
 
     # ---- snapshots -----------------------------------------------------------------------------------------------
     def _root(self, trainer) -> Path:
