@@ -176,6 +176,26 @@ def test_export_model_saves_and_load_classifier_restores_the_hierarchical_poolin
         load_classifier(model_dir)
 
 
+def test_fine_tuning_on_from_a_hierarchical_model_continues_its_attention_pooling(compose_train_cfg, tmp_path):
+    from agnews.artifacts import export_model
+
+    _, windowed = tiny_bundles(compose_train_cfg, "xlnet", "hierarchical", "mean")
+    with torch.no_grad():
+        windowed.model.pool.score.weight.normal_(0, 2.0)
+    model_dir = export_model(windowed, tmp_path / "first", max_length=64)
+    options = ["model=xlnet", f"model.pretrained={model_dir}", "model.long_input_options.window=16",
+               "model.long_input_options.stride=4"]
+    again = instantiate(compose_train_cfg([*options, "model.long_input=hierarchical"]).model, label_names=LABELS)
+    for name, tensor in windowed.model.pool.state_dict().items():
+        assert torch.equal(again.model.pool.state_dict()[name], tensor), name
+    # a model folder without a trained attention layer (windows off before) starts a fresh one, as before
+    plain_dir = export_model(tiny_bundles(compose_train_cfg, "xlnet", "sliding_window", "mean")[1], tmp_path / "plain",
+                             max_length=64)
+    fresh = instantiate(compose_train_cfg([*options, f"model.pretrained={plain_dir}", "model.long_input=hierarchical"]).model,
+                        label_names=LABELS)
+    assert not torch.equal(fresh.model.pool.score.weight, windowed.model.pool.score.weight)
+
+
 def test_lora_on_a_windowed_model_exports_merged_weights_the_predictor_windows_again(tmp_path, make_ag_news_dir):
     from agnews.data.run_splits import load_run_split
     from agnews.inference import Predictor

@@ -295,6 +295,9 @@ def load_classifier(
     )
     if settings is not None:
         extra[INFO_KEY] = settings.to_dict()
+        # Fine-tuning on from a hierarchical run continues its trained attention layer too, not a fresh one.
+        if not tiny and model.load_pool(location):
+            log.info("model.long_input=hierarchical: attention pooling loaded from %s", location)
     return ClassifierBundle(
         model=model,
         tokenizer=tokenizer,

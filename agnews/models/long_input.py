@@ -354,17 +354,22 @@ class LongInputClassifier(nn.Module):
 
             save_file({k: v.detach().contiguous().cpu() for k, v in self.pool.state_dict().items()}, target / WEIGHTS_FILE)
 
+    def load_pool(self, model_dir: Path) -> bool:
+        """Load the hierarchical attention layer ``model_dir`` saved beside its encoder; False where it saved none."""
+        from safetensors.torch import load_file
+
+        path = Path(model_dir) / WEIGHTS_FILE
+        if self.settings.mode != "hierarchical" or not path.is_file():
+            return False
+        self.pool.load_state_dict(load_file(path))
+        return True
+
     @classmethod
     def restore(cls, model: nn.Module, values: Mapping[str, Any], model_dir: Path) -> "LongInputClassifier":
         """Rebuild the wrapper an export saved (settings from ``agnews_model.json``, pooling weights from safetensors)."""
         wrapper = cls(model, LongInputSettings.from_dict(values))
-        if wrapper.settings.mode == "hierarchical":
-            from safetensors.torch import load_file
-
-            path = Path(model_dir) / WEIGHTS_FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"{model_dir}: a hierarchical long-input model needs {WEIGHTS_FILE}")
-            wrapper.pool.load_state_dict(load_file(path))
+        if wrapper.settings.mode == "hierarchical" and not wrapper.load_pool(model_dir):
+            raise FileNotFoundError(f"{model_dir}: a hierarchical long-input model needs {WEIGHTS_FILE}")
         return wrapper.eval()
 
 
