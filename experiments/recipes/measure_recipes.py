@@ -12,6 +12,9 @@ every arm (``data.seed`` follows ``seed``), so arms are compared seed by seed: t
 mean, and a paired t-test (scipy). A difference counts as beyond seed noise when p < 0.05 and its mean exceeds the
 seed std of both arms. Arms already finished (three runs) are not run again; ``--rerun`` forces it.
 
+The snapshot-ensemble arm trains the same 252 steps with one cosine cycle per epoch and is scored as the soft vote of
+its 4 snapshots (``python -m agnews.ensemble`` per seed, in ``<run>/ensemble``).
+
 The DAPT arms start from a masked-LM run on unlabelled train-split texts (``python -m agnews.pretrain``), made once
 and reused; its wall time is reported as extra budget, not hidden.
 
@@ -65,7 +68,13 @@ ARMS: dict[str, list[str]] = {
     "dapt": [f"model.pretrained={DAPT_RUN}"],
     "dapt_llrd_swa": [f"model.pretrained={DAPT_RUN}", "strategy.llrd=0.8", "strategy.optimizer.lr=2e-4",
                       "callbacks=swa"],
+    # One cosine cycle per epoch: 4 snapshots of the same 252 steps, soft-voted by `python -m agnews.ensemble`.
+    "snapshot_ensemble": ["+strategy/scheduler=cosine_restarts", "strategy.scheduler.num_cycles=4",
+                          "callbacks=snapshot_ensemble"],
 }
+# Arms scored as an ensemble of their runs' snapshots: arm -> the ensemble command's overrides (per seed).
+ENSEMBLED = {"snapshot_ensemble": ["method=soft_vote"]}
+ENSEMBLE_DIR = "ensemble"  # inside each seed's run directory
 NEEDS_DAPT = {arm for arm, overrides in ARMS.items() if any(str(DAPT_RUN) in o for o in overrides)}
 
 
@@ -83,14 +92,24 @@ def depends_on(arm: str) -> list[Path]:
     return needs
 
 
+def ensemble_command(arm: str, seed: int) -> list[str]:
+    """The snapshots of one seed's run, combined by the ensemble entry point into ``<run>/ensemble``."""
+    run_dir = RUNS / arm / f"seed{seed}"
+    members = sorted((run_dir / "snapshots").iterdir(), key=lambda path: int(path.name))
+    return ["-m", "agnews.ensemble", f"members=[{','.join(map(str, members))}]", *ENSEMBLED[arm],
+            f"hydra.run.dir={run_dir / ENSEMBLE_DIR}"]
+
+
 def seed_results(arm: str) -> dict[int, dict]:
     """seed -> test accuracy, macro-F1, fit seconds, steps for the finished runs of ``arm``."""
     out = {}
     for seed in SEEDS:
         run_dir = RUNS / arm / f"seed{seed}"
-        if not (run_dir / MANIFEST_FILE).is_file():
+        scored = run_dir / ENSEMBLE_DIR if arm in ENSEMBLED else run_dir
+        if not (run_dir / MANIFEST_FILE).is_file() or not (scored / MANIFEST_FILE).is_file():
             continue
         summary = common.run_summary(run_dir)
+        summary["metrics"] = common.run_summary(scored)["metrics"]
         test = summary["metrics"].get("test")
         if test:
             out[seed] = {"test_accuracy": test["accuracy"], "test_f1_macro": test["f1_macro"],
@@ -145,6 +164,10 @@ def render(rows: dict[str, dict], dapt: dict | None) -> str:
     verdict = (f"Target (>= +0.5 pt beyond seed noise) met by: {', '.join(winners)}." if winners
                else "Target (>= +0.5 pt mean test accuracy beyond seed noise) NOT met by any arm.")
     notes = [verdict]
+    for arm in ENSEMBLED:
+        if arm in rows:
+            notes.append(f"{arm}: scored as `python -m agnews.ensemble members=[<run>/snapshots/0,...] "
+                         f"{' '.join(ENSEMBLED[arm])}` per seed (the run's own best epoch is not what is scored)")
     if dapt:
         notes.append(f"DAPT cost (one masked-LM run, reused by every DAPT arm and seed): {dapt}")
     return body + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -174,9 +197,15 @@ def main() -> None:
         if deadline is not None and deadline - time.time() < 60:
             print(f"deadline: {arm} not started", flush=True)
             return
-        child = common.run_python(multirun_command(arm, args.extra, missing), env=env, log=RUNS / f"{arm}.log",
-                                  deadline=deadline)
-        print(f"{arm}: rc {child.rc}, {child.seconds:.0f} s", flush=True)
+        if not all((RUNS / arm / f"seed{seed}" / MANIFEST_FILE).is_file() for seed in missing) or args.rerun:
+            child = common.run_python(multirun_command(arm, args.extra, missing), env=env, log=RUNS / f"{arm}.log",
+                                      deadline=deadline)
+            print(f"{arm}: rc {child.rc}, {child.seconds:.0f} s", flush=True)
+        for seed in missing if arm in ENSEMBLED else ():
+            if (RUNS / arm / f"seed{seed}" / MANIFEST_FILE).is_file():
+                child = common.run_python(ensemble_command(arm, seed), env=env,
+                                          log=RUNS / f"{arm}_ensemble_seed{seed}.log", deadline=deadline)
+                print(f"{arm} seed {seed} ensemble: rc {child.rc}, {child.seconds:.0f} s", flush=True)
 
     def run_dapt() -> None:
         if not (DAPT_RUN / MANIFEST_FILE).is_file():
